@@ -1,0 +1,40 @@
+"""Inference backends: one interface, uint8 NHWC batch → float32 vectors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import ModelError
+
+BACKENDS = ("torch", "onnx")
+
+
+class Backend(Protocol):
+    """What every backend offers."""
+
+    name: str
+    device: str
+
+    def __call__(self, pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """uint8 [N, H, W, 3] → float32 [N, D]."""
+
+
+def load_backend(name: str, folder: Path, config: ModelConfig, *, device: str = "auto",
+                 precision: str = "fp32") -> Backend:
+    """Instantiate a backend by name ('auto' picks the default for this machine)."""
+    if name == "auto":
+        name = "torch"
+    if name == "torch":
+        from .torch import TorchBackend
+
+        return TorchBackend(folder, config, device=device, precision=precision)
+    if name == "onnx":
+        try:
+            from .onnx import OnnxBackend
+        except ImportError as e:
+            raise ModelError(f"the onnx backend is not available ({e})") from None
+        return OnnxBackend(folder, config, device=device, precision=precision)
+    raise ModelError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")

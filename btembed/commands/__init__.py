@@ -1,0 +1,52 @@
+"""Subcommands of the `btembed` command, one module each; shared output helpers live here.
+
+Convention: with --json, stdout carries only the JSON document; progress, warnings and summaries go to stderr.
+Command modules must not import torch at module level, so `btembed --help` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+# Every module in this package with a register(subparsers) adds its subcommands; this order comes first in --help,
+# modules not named here follow alphabetically (so a new command needs no edit here).
+HELP_ORDER = ("index", "search", "dedup", "embed", "probe", "predict", "export", "models", "info")
+
+
+def command_modules() -> list[str]:
+    """Names of the command modules in this package, in help order."""
+    import pkgutil
+
+    found = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return [n for n in HELP_ORDER if n in found] + [n for n in found if n not in HELP_ORDER]
+
+
+def print_json(obj) -> None:
+    """Write one JSON document to stdout."""
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def say(message: str) -> None:
+    """A human-readable line on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def add_model_args(parser) -> None:
+    """--model/--revision/--backend/--device/--precision, shared by every command that embeds."""
+    parser.add_argument("--model", "-m", default=None,
+                        help="model folder, registry name (btembed/r50) or Hugging Face repo id; "
+                             "default: the embedded model")
+    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) to pin")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+
+
+def load_embedder(args):
+    """An Embedder for the model arguments of a parsed command line."""
+    from ..embedder import Embedder
+
+    return Embedder.from_pretrained(args.model, revision=args.revision, device=args.device,
+                                    backend=args.backend, precision=args.precision)

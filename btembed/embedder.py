@@ -1,0 +1,135 @@
+"""Embedder: from_pretrained(...) then embed(...) — batching, decode workers, progress, bad-file handling."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .backends import load_backend
+from .config import ModelConfig
+from .errors import ImageError
+from .hub import resolve_model
+from .preprocess import PreprocessConfig, load_pixels
+
+# Show a progress bar by default only for jobs this long, and only on a terminal.
+PROGRESS_MIN_ITEMS = 256
+
+
+@dataclass
+class EmbeddedBatch:
+    """One batch of results in input order: a vector row per item, NaN rows where errors[i] is set."""
+
+    items: list
+    vectors: np.ndarray
+    errors: list  # ImageError or None per item
+
+
+class _DecodeDataset:
+    """Items → (position, uint8 pixels or None, error cause or None); runs in DataLoader workers."""
+
+    def __init__(self, items: Sequence, preprocess: PreprocessConfig):
+        self.items, self.preprocess = items, preprocess
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        try:
+            return i, load_pixels(self.items[i], self.preprocess), None
+        except ImageError as e:
+            # Exceptions with custom constructors do not survive pickling between processes: send text.
+            return i, None, (e.path, e.cause)
+
+
+def _collate(samples):
+    """Keep the batch as a plain list; stacking happens after bad items are dropped."""
+    return samples
+
+
+def default_num_workers(n_items: int, batch_size: int) -> int:
+    """Decode in worker processes only when there is enough work to amortise starting them."""
+    if n_items <= batch_size:
+        return 0
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+class Embedder:
+    """Turns images into L2-normalized float32 vectors with a pretrained Barlow Twins encoder."""
+
+    def __init__(self, backend, config: ModelConfig, folder: Path | None = None):
+        self.backend = backend
+        self.config = config
+        self.folder = folder
+
+    @classmethod
+    def from_pretrained(cls, name_or_path=None, *, revision: str | None = None, device: str = "auto",
+                        backend: str = "auto", precision: str = "fp32") -> "Embedder":
+        """Load a model: None → embedded default, a folder, a registry name, or a Hugging Face repo id."""
+        folder = resolve_model(name_or_path, revision=revision)
+        config = ModelConfig.load(folder)
+        if not config.name:
+            config.name = str(name_or_path or folder.name)
+        return cls(load_backend(backend, folder, config, device=device, precision=precision), config, folder)
+
+    @property
+    def dim(self) -> int:
+        """Embedding width."""
+        return self.config.embedding_dim
+
+    @property
+    def model_id(self) -> str:
+        """The model's name as recorded in its config."""
+        return self.config.name
+
+    def embed_batches(self, items: Iterable, batch_size: int = 64, num_workers: int | None = None,
+                      progress: bool | None = None, normalize: bool = True) -> Iterator[EmbeddedBatch]:
+        """Stream results batch by batch, in input order; bad items carry an ImageError instead of a vector."""
+        import torch.utils.data
+        from tqdm.auto import tqdm
+
+        items = list(items)
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        workers = default_num_workers(len(items), batch_size) if num_workers is None else num_workers
+        if progress is None:
+            progress = len(items) >= PROGRESS_MIN_ITEMS and sys.stderr.isatty()
+        loader = torch.utils.data.DataLoader(
+            _DecodeDataset(items, self.config.preprocess), batch_size=batch_size, num_workers=workers,
+            collate_fn=_collate, pin_memory=self.backend.device.startswith("cuda"),
+            prefetch_factor=4 if workers else None, persistent_workers=False)
+        with tqdm(total=len(items), disable=not progress, unit="img", file=sys.stderr, desc="embedding") as bar:
+            for samples in loader:
+                positions = [i for i, _, _ in samples]
+                good = [k for k, (_, pixels, _) in enumerate(samples) if pixels is not None]
+                vectors = np.full((len(samples), self.dim), np.nan, dtype=np.float32)
+                if good:
+                    vectors[good] = self.backend(np.stack([samples[k][1] for k in good]), normalize=normalize)
+                errors = [ImageError(*cause) if cause else None for _, _, cause in samples]
+                bar.update(len(samples))
+                yield EmbeddedBatch([items[i] for i in positions], vectors, errors)
+
+    def embed_files(self, items: Iterable, **kwargs) -> Iterator[tuple]:
+        """Yield (item, vector or ImageError) per item, in order; one bad file never stops the stream."""
+        for batch in self.embed_batches(items, **kwargs):
+            for item, vector, error in zip(batch.items, batch.vectors, batch.errors):
+                yield item, (error if error is not None else vector)
+
+    def embed(self, items, batch_size: int = 64, num_workers: int | None = None, progress: bool | None = None,
+              normalize: bool = True) -> np.ndarray:
+        """Embed paths, PIL images or uint8 arrays (mixed) → float32 [N, D]; raises ImageError on a bad item."""
+        if isinstance(items, np.ndarray) and items.ndim == 4:
+            items = list(items)  # a stacked uint8 batch [N, H, W, C]
+        elif isinstance(items, (str, os.PathLike, np.ndarray)) or not hasattr(items, "__iter__"):
+            items = [items]
+        rows = []
+        for batch in self.embed_batches(items, batch_size=batch_size, num_workers=num_workers,
+                                        progress=progress, normalize=normalize):
+            for error in batch.errors:
+                if error is not None:
+                    raise error
+            rows.append(batch.vectors)
+        return np.concatenate(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)

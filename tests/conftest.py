@@ -1,0 +1,50 @@
+"""Shared fixtures: real photos from scikit-image's wheel, and tiny random-init model folders."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# scikit-image ships these photos inside its wheel: real images with no network needed.
+PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
+
+
+def skimage_photos() -> dict[str, np.ndarray]:
+    """name → uint8 RGB array of scikit-image's bundled photos."""
+    from skimage import data
+
+    return {name: getattr(data, name)() for name in PHOTO_NAMES}
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory):
+    """A folder with six real photos as JPEG files."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name, pixels in skimage_photos().items():
+        Image.fromarray(pixels).save(folder / f"{name}.jpg", quality=92)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def photo_paths(photos_dir):
+    """The six photo paths, sorted."""
+    return sorted(photos_dir.glob("*.jpg"))
+
+
+def make_model_dir(folder, architecture="resnet18", input_size=64, resize_size=72, seed=0):
+    """Save a random-init encoder as a model folder (small inputs keep tests fast)."""
+    import torch
+
+    from btembed import Encoder
+
+    torch.manual_seed(seed)
+    encoder = Encoder.from_config({"architecture": architecture, "name": f"test/{architecture}",
+                                   "preprocess": {"input_size": input_size, "resize_size": resize_size}})
+    encoder.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random-init resnet18 model folder at 64 px input."""
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny-r18")
