@@ -108,8 +108,11 @@ def registry_entry(name: str) -> dict | None:
     return load_registry().get("models", {}).get(name)
 
 
-def _download(repo_id: str, revision: str | None, allow_patterns) -> Path:
-    """Fetch a repo snapshot via huggingface_hub (its cache, revision pinning, HF_HUB_OFFLINE)."""
+def _download(repo_id: str, revision: str | None, allow_patterns, unreleased: bool = False) -> Path:
+    """Fetch a repo snapshot via huggingface_hub (its cache, revision pinning, HF_HUB_OFFLINE).
+
+    unreleased: the registry knows the name but has no release yet, so only the local cache is looked at.
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
@@ -117,7 +120,8 @@ def _download(repo_id: str, revision: str | None, allow_patterns) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     what = f"{repo_id}" + (f" at revision {revision}" if revision else "")
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(allow_patterns)))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(allow_patterns),
+                                      local_files_only=unreleased))
     except (RepositoryNotFoundError, GatedRepoError):
         raise ModelError(f"model {what} was not found on the Hugging Face Hub (or needs a login); "
                          "check the name, or pass a local model folder") from None
@@ -125,6 +129,11 @@ def _download(repo_id: str, revision: str | None, allow_patterns) -> Path:
         raise ModelError(f"revision {revision!r} does not exist for model {repo_id}") from None
     except LocalEntryNotFoundError:
         why = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else "the Hugging Face Hub could not be reached"
+        if unreleased:
+            raise ModelError(f"model {what} is not in the local Hugging Face cache"
+                             + (" (offline mode is on)" if offline else "") + " and has not been released on "
+                             "the Hub yet (btembed models lists what is available); pass a local model folder "
+                             "or pre-fill the cache (HF_HUB_CACHE)") from None
         raise ModelError(f"model {what} is not in the local Hugging Face cache and {why}; connect and "
                          "run once online, copy the model folder here and pass its path, or pre-fill the cache "
                          "(HF_HUB_CACHE)") from None
@@ -152,10 +161,8 @@ def resolve_model(name_or_path=None, *, revision: str | None = None,
             folder = embedded_dir() / entry["embedded"]
             if folder.is_dir():
                 return folder
-        if not entry.get("released"):
-            raise ModelError(f"model {text} is listed in the registry but not released yet; "
-                             "pass a local model folder instead (btembed models lists what is available)")
-        return _download(entry["repo_id"], revision or entry.get("revision"), allow_patterns)
+        return _download(entry["repo_id"], revision or entry.get("revision"), allow_patterns,
+                         unreleased=not entry.get("released"))
     if path.exists():
         raise ModelError(f"{text} is a file, not a model folder (a folder with config.json and model.safetensors)")
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text

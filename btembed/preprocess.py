@@ -72,7 +72,7 @@ def resize_and_crop(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
         # torchvision rounds the offset the same way, so crops match pixel for pixel.
         top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
         image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)  # writable, so torch.from_numpy does not warn
 
 
 def load_pixels(item, cfg: PreprocessConfig) -> np.ndarray:

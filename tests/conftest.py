@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 # scikit-image ships these photos inside its wheel: real images with no network needed.
-PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
+PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field")
 
 
 def skimage_photos() -> dict[str, np.ndarray]:

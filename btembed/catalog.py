@@ -1,0 +1,278 @@
+"""SQLite catalog of one photo folder: a row per file (stat, partial hash, vector, status), the source of truth."""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import CatalogError
+
+SCHEMA_VERSION = 1
+CATALOG_FILE = "catalog.sqlite"
+# Bytes read from each end of a file for the partial hash: enough to tell photos apart, cheap on huge files.
+HASH_CHUNK = 64 * 1024
+_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: FAISS ids are row ids
+    path TEXT NOT NULL UNIQUE,              -- relative to the photo folder, '/' separators
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    phash TEXT,                             -- partial content hash (size + first/last 64 KiB)
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    error TEXT,
+    vector BLOB,
+    vec_gen INTEGER NOT NULL                -- catalog generation in which this row last changed
+);
+CREATE INDEX IF NOT EXISTS files_by_hash ON files (size, phash);
+CREATE INDEX IF NOT EXISTS files_by_gen ON files (vec_gen);
+-- Rows removed since the FAISS file was last saved, so an index can be updated instead of rebuilt.
+CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+"""
+
+
+def partial_hash(path: str | os.PathLike, size: int) -> str:
+    """blake2b of the size and the first and last 64 KiB: identifies copies and renames without reading it all."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(size.to_bytes(8, "little"))
+    with open(path, "rb") as f:
+        h.update(f.read(HASH_CHUNK))
+        if size > 2 * HASH_CHUNK:
+            f.seek(-HASH_CHUNK, os.SEEK_END)
+            h.update(f.read(HASH_CHUNK))
+        elif size > HASH_CHUNK:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+@dataclass
+class Row:
+    """What the indexer needs to know about a cataloged file, without its vector."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    phash: str | None
+    status: str
+
+
+class Catalog:
+    """One SQLite file in WAL mode; writers commit per batch, so a crash loses at most the batch in flight."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection):
+        self.path = path
+        self.conn = conn
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, create: bool = False) -> "Catalog":
+        """Open (or create) a catalog file; a missing one without create is a CatalogError."""
+        path = Path(path)
+        if not create and not path.is_file():
+            raise CatalogError(f"{path} does not exist; run `btembed index` on the folder first")
+        try:
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=60, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a killed process loses nothing committed; only power loss can drop the last commits.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise CatalogError(f"cannot open the catalog {path} ({e}); check permissions, or pass --db with a "
+                               "writable place") from None
+        catalog = cls(path, conn)
+        version = catalog.get("schema_version")
+        if version is None:
+            catalog.set_many({"schema_version": SCHEMA_VERSION, "catalog_uuid": uuid.uuid4().hex,
+                              "generation": 0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        elif int(version) > SCHEMA_VERSION:
+            raise CatalogError(f"{path} was written by a newer btembed (schema {version}); upgrade btembed")
+        return catalog
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    # --- meta -------------------------------------------------------------------------------------------------
+    def get(self, key: str, default=None):
+        """A meta value as text, or default."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_many(self, values: dict) -> None:
+        """Write meta values in one transaction."""
+        with self.transaction():
+            self.conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                  [(k, str(v)) for k, v in values.items() if v is not None])
+            self.conn.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k, v in values.items() if v is None])
+
+    def meta(self) -> dict:
+        """All meta values."""
+        return dict(self.conn.execute("SELECT key, value FROM meta"))
+
+    @property
+    def generation(self) -> int:
+        """Bumped once by every index run that changes rows; the FAISS file is stamped with it."""
+        return int(self.get("generation", 0))
+
+    @property
+    def dim(self) -> int | None:
+        """Vector width recorded with the model, or None for a new catalog."""
+        value = self.get("dim")
+        return int(value) if value else None
+
+    @property
+    def dtype(self):
+        """numpy dtype of the stored vector blobs."""
+        return _DTYPES[self.get("vector_dtype", "float16")]
+
+    def bump_generation(self) -> int:
+        """Start a new generation (committed at once) and return it."""
+        gen = self.generation + 1
+        self.set_many({"generation": gen})
+        return gen
+
+    def transaction(self):
+        """A context manager: BEGIN IMMEDIATE … COMMIT (or ROLLBACK on error)."""
+        return _Transaction(self.conn)
+
+    # --- rows -------------------------------------------------------------------------------------------------
+    def rows(self) -> dict[str, Row]:
+        """relative path → Row, for every cataloged file."""
+        cur = self.conn.execute("SELECT id, path, size, mtime_ns, phash, status FROM files")
+        return {r[1]: Row(*r) for r in cur}
+
+    def vector_for_hash(self, size: int, phash: str) -> bytes | None:
+        """The stored vector blob of any good file with this size and partial hash (a copy or a rename)."""
+        row = self.conn.execute("SELECT vector FROM files WHERE size = ? AND phash = ? AND status = 'ok' LIMIT 1",
+                                (size, phash)).fetchone()
+        return row[0] if row else None
+
+    def encode(self, vector: np.ndarray) -> bytes:
+        """A float vector → blob in the catalog's dtype."""
+        return np.ascontiguousarray(vector, dtype=self.dtype).tobytes()
+
+    def put(self, path: str, size: int, mtime_ns: int, phash: str | None, gen: int, *,
+            vector: bytes | None = None, error: str | None = None) -> None:
+        """Insert or replace one file's row (keeps its id when the path is known); call inside a transaction."""
+        status = "ok" if error is None else "error"
+        self.conn.execute(
+            "INSERT INTO files (path, size, mtime_ns, phash, status, error, vector, vec_gen) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
+            "mtime_ns=excluded.mtime_ns, phash=excluded.phash, status=excluded.status, error=excluded.error, "
+            "vector=excluded.vector, vec_gen=excluded.vec_gen",
+            (path, size, mtime_ns, phash, status, error, vector, gen))
+
+    def delete(self, ids: list[int], gen: int) -> None:
+        """Forget rows, leaving tombstones so a saved FAISS index can drop them; call inside a transaction."""
+        self.conn.executemany("DELETE FROM files WHERE id = ?", [(i,) for i in ids])
+        self.conn.executemany("INSERT OR REPLACE INTO tombstones (id, gen) VALUES (?, ?)", [(i, gen) for i in ids])
+
+    def clear(self) -> None:
+        """Drop every row (for --rebuild); generation keeps counting so old FAISS files are seen as stale."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM files")
+            self.conn.execute("DELETE FROM tombstones")
+
+    def count(self, status: str = "ok") -> int:
+        """Number of rows with this status."""
+        return self.conn.execute("SELECT COUNT(*) FROM files WHERE status = ?", (status,)).fetchone()[0]
+
+    def failures(self) -> list[dict]:
+        """[{path, error}] of every file that could not be embedded, by path."""
+        cur = self.conn.execute("SELECT path, error FROM files WHERE status = 'error' ORDER BY path")
+        return [{"path": p, "error": e} for p, e in cur]
+
+    def paths(self, ids) -> dict[int, str]:
+        """id → relative path for the given ids."""
+        out = {}
+        for chunk in _chunks(list(map(int, ids)), 500):
+            q = f"SELECT id, path FROM files WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update(self.conn.execute(q, chunk))
+        return out
+
+    def lookup(self, path: str) -> tuple | None:
+        """(id, size, mtime_ns, phash, status) of one relative path, or None."""
+        return self.conn.execute("SELECT id, size, mtime_ns, phash, status FROM files WHERE path = ?",
+                                 (path,)).fetchone()
+
+    # --- vectors ----------------------------------------------------------------------------------------------
+    def _decode(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        dim = self.dim or 0
+        if not rows:
+            return ids, np.zeros((0, dim), np.float32)
+        flat = np.frombuffer(b"".join(r[1] for r in rows), dtype=self.dtype)
+        return ids, flat.reshape(len(rows), -1).astype(np.float32)
+
+    def fetch(self, ids) -> np.ndarray:
+        """float32 vectors of the given row ids, in the given order (rows must exist and be ok)."""
+        ids = [int(i) for i in ids]
+        found: dict[int, np.ndarray] = {}
+        for chunk in _chunks(ids, 500):
+            q = f"SELECT id, vector FROM files WHERE status = 'ok' AND id IN ({','.join('?' * len(chunk))})"
+            got_ids, vecs = self._decode(self.conn.execute(q, chunk).fetchall())
+            found.update(zip(got_ids.tolist(), vecs))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"catalog rows {missing[:5]} have no vector")
+        return np.stack([found[i] for i in ids]) if ids else np.zeros((0, self.dim or 0), np.float32)
+
+    def chunks(self, size: int = 8192, min_gen: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream (ids, float32 vectors) of good rows by id; with min_gen only rows changed after it."""
+        last, gen = -1, -1 if min_gen is None else min_gen
+        while True:
+            rows = self.conn.execute(
+                "SELECT id, vector FROM files WHERE status = 'ok' AND id > ? AND vec_gen > ? ORDER BY id LIMIT ?",
+                (last, gen, size)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield self._decode(rows)
+
+    def changed_since(self, gen: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids whose rows changed (any status) or vanished after generation gen: they leave a saved index."""
+        changed = [r[0] for r in self.conn.execute("SELECT id FROM files WHERE vec_gen > ?", (gen,))]
+        gone = [r[0] for r in self.conn.execute("SELECT id FROM tombstones WHERE gen > ?", (gen,))]
+        return np.array(changed, dtype=np.int64), np.array(gone, dtype=np.int64)
+
+    def prune_tombstones(self, upto_gen: int) -> None:
+        """Forget tombstones already applied to a saved index of generation upto_gen."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM tombstones WHERE gen <= ?", (upto_gen,))
+
+    def sample(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """A uniform random sample of n good rows (ids, vectors), for training and tuning."""
+        all_ids = np.array([r[0] for r in self.conn.execute("SELECT id FROM files WHERE status = 'ok'")],
+                           dtype=np.int64)
+        if n < len(all_ids):
+            all_ids = np.sort(np.random.default_rng(seed).choice(all_ids, n, replace=False))
+        return all_ids, self.fetch(all_ids)
+
+
+class _Transaction:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def _chunks(seq: list, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]

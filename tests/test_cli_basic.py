@@ -1,0 +1,57 @@
+"""The btembed command: embed and info, output conventions (JSON only on stdout) and exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def btembed(*args, env=None, timeout=120):
+    """Run the installed command line in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "btembed", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def test_help_lists_commands():
+    out = btembed("--help")
+    assert out.returncode == 0 and "embed" in out.stdout and "info" in out.stdout
+
+
+def test_embed_folder_writes_vectors_and_sidecar(tiny_model_dir, photos_dir, tmp_path):
+    (photos_dir.parent / "extra").mkdir(exist_ok=True)
+    bad = photos_dir.parent / "extra" / "zero.jpg"
+    bad.write_bytes(b"")
+    out = btembed("embed", photos_dir, bad, "-o", tmp_path / "vecs.npy", "--model", tiny_model_dir, "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)  # stdout is only the JSON document
+    X = np.load(tmp_path / "vecs.npy")
+    assert X.shape == (6, 512) and X.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
+    sidecar = json.loads((tmp_path / "vecs.json").read_text())
+    assert sidecar["paths"] == summary["paths"] and len(sidecar["paths"]) == 6
+    assert sidecar["failures"] == [{"path": str(bad), "error": "empty file (0 bytes)"}]
+    assert "zero.jpg" in out.stderr
+
+
+def test_info_and_user_errors(tiny_model_dir, tmp_path):
+    out = btembed("info", tiny_model_dir, "--verify", "--json")
+    info = json.loads(out.stdout)
+    assert info["architecture"] == "resnet18" and info["verified"] == {"model.safetensors": "ok"}
+    missing = btembed("embed", tmp_path / "nothing-here", "-o", tmp_path / "x.npy", "--model", tiny_model_dir)
+    assert missing.returncode == 1 and "no such file or folder" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    usage = btembed("embed")
+    assert usage.returncode == 2
+
+
+def test_unreleased_model_offline_fails_fast_with_one_sentence(tmp_path):
+    start = time.monotonic()
+    out = btembed("info", "btembed/r50", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")})
+    assert time.monotonic() - start < 10
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "local Hugging Face cache" in out.stderr and "offline" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
