@@ -88,7 +88,6 @@ class Embedder:
     def embed_batches(self, items: Iterable, batch_size: int = 64, num_workers: int | None = None,
                       progress: bool | None = None, normalize: bool = True) -> Iterator[EmbeddedBatch]:
         """Stream results batch by batch, in input order; bad items carry an ImageError instead of a vector."""
-        import torch.utils.data
         from tqdm.auto import tqdm
 
         items = list(items)
@@ -97,12 +96,9 @@ class Embedder:
         workers = default_num_workers(len(items), batch_size) if num_workers is None else num_workers
         if progress is None:
             progress = len(items) >= PROGRESS_MIN_ITEMS and sys.stderr.isatty()
-        loader = torch.utils.data.DataLoader(
-            _DecodeDataset(items, self.config.preprocess), batch_size=batch_size, num_workers=workers,
-            collate_fn=_collate, pin_memory=self.backend.device.startswith("cuda"),
-            prefetch_factor=4 if workers else None, persistent_workers=False)
+        batches = self._decoded_batches(_DecodeDataset(items, self.config.preprocess), batch_size, workers)
         with tqdm(total=len(items), disable=not progress, unit="img", file=sys.stderr, desc="embedding") as bar:
-            for samples in loader:
+            for samples in batches:
                 positions = [i for i, _, _ in samples]
                 good = [k for k, (_, pixels, _) in enumerate(samples) if pixels is not None]
                 vectors = np.full((len(samples), self.dim), np.nan, dtype=np.float32)
@@ -111,6 +107,19 @@ class Embedder:
                 errors = [ImageError(*cause) if cause else None for _, _, cause in samples]
                 bar.update(len(samples))
                 yield EmbeddedBatch([items[i] for i in positions], vectors, errors)
+
+    def _decoded_batches(self, dataset: _DecodeDataset, batch_size: int, workers: int) -> Iterator[list]:
+        """Decoded samples in batches: inline for small jobs, else DataLoader workers overlapping the model."""
+        if workers == 0:
+            # No torch import on this path: a one-image search with the ONNX backend starts fast.
+            for start in range(0, len(dataset), batch_size):
+                yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            return
+        import torch.utils.data
+
+        yield from torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+            pin_memory=self.backend.device.startswith("cuda"), prefetch_factor=4)
 
     def embed_files(self, items: Iterable, **kwargs) -> Iterator[tuple]:
         """Yield (item, vector or ImageError) per item, in order; one bad file never stops the stream."""
