@@ -1,0 +1,231 @@
+"""Publish a model folder to the Hugging Face Hub: validate everything locally first, then one thin upload."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from btembed.card import parse_card
+from btembed.config import ModelConfig
+from btembed.errors import BtembedError
+from btembed.hub import ONNX_FILE, WEIGHTS_FILE, sha256_file
+
+# What a published repo holds, in upload order of importance.
+PUBLISH_FILES = ("config.json", WEIGHTS_FILE, ONNX_FILE, "README.md")
+CARD_KEYS = ("library_name", "pipeline_tag", "license")
+PARITY_TOLERANCE = 1e-4  # fp32 ONNX vs torch, relative L2 per row (the ONNX issue's bar)
+
+
+class PublishError(BtembedError):
+    """A model folder that is not fit to publish, or an upload that failed."""
+
+
+@dataclass
+class Validation:
+    """What validate() checked: passed checks, problems found, and the files to upload."""
+
+    folder: Path
+    checks: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+    files: list = field(default_factory=list)  # [(name, size in bytes)]
+
+    def ok(self, what: str) -> None:
+        """Record a passed check."""
+        self.checks.append(what)
+
+    def fail(self, what: str) -> None:
+        """Record a problem."""
+        self.problems.append(what)
+
+
+def _check_hashes(v: Validation, config: ModelConfig) -> None:
+    """Every file named in config.files exists and matches; weights and (when present) ONNX are recorded."""
+    for name in (WEIGHTS_FILE, ONNX_FILE):
+        if (v.folder / name).is_file() and name not in config.files:
+            v.fail(f"{name} has no sha256 in config.json 'files'")
+    for name, digest in config.files.items():
+        path = v.folder / name
+        if not path.is_file():
+            v.fail(f"config.json records {name} but the folder has no such file")
+        elif sha256_file(path) != digest:
+            v.fail(f"{name} does not match the sha256 recorded in config.json")
+        else:
+            v.ok(f"sha256 of {name} matches config.json")
+
+
+def _check_card(v: Validation, config: ModelConfig) -> None:
+    """README.md has the YAML metadata, a licence agreeing with config.json, and metrics."""
+    card = v.folder / "README.md"
+    if not card.is_file():
+        v.fail("README.md (the model card) is missing; render it with btembed.card.render_card")
+        return
+    meta, body = parse_card(card.read_text())
+    missing = [k for k in CARD_KEYS if not meta.get(k)]
+    if missing:
+        v.fail(f"README.md's YAML header lacks {', '.join(missing)}")
+    elif meta["library_name"] != "btembed":
+        v.fail("README.md's YAML header must say library_name: btembed")
+    else:
+        v.ok("model card has YAML metadata")
+    if not config.license or config.license == "other":
+        v.fail("config.json has no licence; set 'license' (e.g. apache-2.0) and re-render the card")
+    elif meta.get("license") != config.license:
+        v.fail(f"README.md says license {meta.get('license')!r} but config.json says {config.license!r}")
+    else:
+        v.ok(f"licence {config.license}")
+    reported = (config.source or {}).get("reported_metrics")
+    if not (config.metrics or reported):
+        v.fail("the model has no metrics: measure them (e.g. btembed probe), store them in config.json "
+               "'metrics' and re-render the card")
+    elif "## Metrics" not in body or "| metric |" not in body:
+        v.fail("README.md has no metrics table; re-render the card from config.json")
+    else:
+        v.ok("model card lists metrics" + ("" if config.metrics else " (reported by the original authors)"))
+
+
+def _check_loads(v: Validation) -> None:
+    """The folder loads with Embedder and gives finite unit vectors of the configured width."""
+    import numpy as np
+
+    from btembed.embedder import Embedder
+
+    try:
+        embedder = Embedder.from_pretrained(v.folder, backend="torch")
+        size = embedder.config.preprocess.input_size
+        pixels = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+        vectors = embedder.embed(pixels, num_workers=0, progress=False)
+    except BtembedError as e:
+        v.fail(f"does not load with Embedder: {e}")
+        return
+    norms = np.linalg.norm(vectors, axis=1)
+    if vectors.shape != (2, embedder.dim) or not np.all(np.isfinite(vectors)) or not np.allclose(norms, 1, atol=1e-4):
+        v.fail(f"Embedder gives bad vectors (shape {vectors.shape}, norms {norms})")
+    else:
+        v.ok(f"loads with Embedder: {embedder.dim}-d unit vectors")
+
+
+def add_onnx(folder: str | Path) -> Path:
+    """Export folder/model.onnx with btembed.export and record its sha256 in config.json."""
+    from btembed import export
+
+    folder = Path(folder)
+    config = ModelConfig.load(folder)
+    path = export.export_onnx(folder, folder / ONNX_FILE, config=config)
+    config.files[ONNX_FILE] = sha256_file(path)
+    config.save(folder)
+    return path
+
+
+def onnx_parity(folder: str | Path, n_images: int = 4) -> dict:
+    """Worst-row agreement of folder/model.onnx with the fp32 torch graph on fixed random pixels."""
+    import numpy as np
+
+    from btembed import export
+
+    folder = Path(folder)
+    config = ModelConfig.load(folder)
+    size = config.preprocess.input_size
+    pixels = np.random.default_rng(0).integers(0, 256, (n_images, size, size, 3), dtype=np.uint8)
+    return export.parity(folder / ONNX_FILE, folder, pixels, config=config)
+
+
+def _export_if_missing(v: Validation) -> None:
+    """Export model.onnx when the folder has none."""
+    if not (v.folder / ONNX_FILE).is_file():
+        try:
+            add_onnx(v.folder)
+        except BtembedError as e:
+            v.fail(f"ONNX export failed: {e}")
+            return
+        v.ok("exported model.onnx")
+
+
+def _check_onnx(v: Validation) -> None:
+    """model.onnx gives the same vectors as the torch model (relative difference within PARITY_TOLERANCE)."""
+    if not (v.folder / ONNX_FILE).is_file():
+        v.ok("no model.onnx (not exported: --no-onnx)")
+        return
+    try:
+        report = onnx_parity(v.folder)
+    except Exception as e:  # onnxruntime raises its own types for a damaged or mismatched file
+        v.fail(f"model.onnx cannot be run for the parity check ({type(e).__name__}: {str(e)[:200]})")
+        return
+    if report["max_relative_diff"] > PARITY_TOLERANCE:
+        v.fail(f"model.onnx disagrees with the torch weights: max relative difference "
+               f"{report['max_relative_diff']:.2e} > {PARITY_TOLERANCE:g}; re-export it")
+    else:
+        v.ok(f"ONNX parity with torch: max relative difference {report['max_relative_diff']:.1e}")
+
+
+def validate(folder: str | Path, *, export_missing_onnx: bool = True) -> Validation:
+    """Check a model folder is fit to publish; collects every problem instead of stopping at the first."""
+    v = Validation(Path(folder))
+    try:
+        ModelConfig.load(v.folder)
+        if export_missing_onnx:
+            _export_if_missing(v)
+        config = ModelConfig.load(v.folder)  # re-read: an export records model.onnx's hash
+    except BtembedError as e:
+        v.fail(str(e))
+        return v
+    _check_hashes(v, config)
+    if not v.problems:
+        _check_loads(v)
+        _check_onnx(v)
+    _check_card(v, config)
+    v.files = [(name, (v.folder / name).stat().st_size) for name in PUBLISH_FILES if (v.folder / name).is_file()]
+    return v
+
+
+def human_size(n: int) -> str:
+    """Bytes in a short human form."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def upload(folder: Path, repo_id: str, files: list[str], *, revision: str | None = None, tag: str | None = None,
+           private: bool = False, token: str | None = None) -> str:
+    """Create the repo if needed, upload the files in one commit, tag it; returns the commit sha."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=files,
+                                   revision=revision, commit_message=f"Publish {folder.name} with btembed")
+        if tag:
+            api.create_tag(repo_id, tag=tag, revision=commit.oid)
+    except (HfHubHTTPError, OSError) as e:
+        raise PublishError(f"uploading {folder} to {repo_id} failed ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}); check the token (hf auth login), "
+                           "the network and the repo name, then retry") from None
+    return commit.oid
+
+
+def publish(folder: str | Path, repo_id: str, *, revision: str | None = None, tag: str | None = None,
+            dry_run: bool = False, name: str | None = None, export_missing_onnx: bool = True,
+            private: bool = False, out=sys.stdout) -> dict | None:
+    """Validate, then (unless dry_run) upload and return the registry entry {name: entry} to add."""
+    from .registry_tools import entry_from_folder
+
+    folder = Path(folder)
+    v = validate(folder, export_missing_onnx=export_missing_onnx)
+    for check in v.checks:
+        print(f"  ok    {check}", file=sys.stderr)
+    if v.problems:
+        raise PublishError(f"{folder} is not fit to publish: " + "; ".join(v.problems))
+    print(f"{'would upload' if dry_run else 'uploading'} to {repo_id}"
+          f"{' (branch ' + revision + ')' if revision else ''}:", file=out)
+    for fname, size in v.files:
+        print(f"  {fname:<20} {human_size(size):>10}", file=out)
+    if dry_run:
+        print("dry run: nothing was sent", file=out)
+        return None
+    sha = upload(folder, repo_id, [f for f, _ in v.files], revision=revision, tag=tag, private=private)
+    return {name or repo_id: entry_from_folder(folder, repo_id, sha)}
