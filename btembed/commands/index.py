@@ -1,0 +1,52 @@
+"""btembed index: bring a folder's catalog and search index up to date (new, changed, renamed, deleted files)."""
+from __future__ import annotations
+
+from . import add_model_args, print_json, say
+
+
+def register(sub) -> None:
+    """Add the index subcommand."""
+    p = sub.add_parser("index", help="index a folder of images for search and dedup (incremental)",
+                       description="Walk DIR recursively, embed new and changed images, reuse vectors of renamed "
+                                   "or copied files, forget deleted ones and update the FAISS index. The index "
+                                   "lives in DIR/.btembed/ unless --db says otherwise.")
+    p.add_argument("folder", metavar="DIR", help="folder of images")
+    p.add_argument("--db", default=None, help="index folder (default DIR/.btembed); use for read-only photo folders")
+    p.add_argument("--max-memory", default=None,
+                   help="RAM the search index may use, e.g. 4G (default: half of this machine's memory); "
+                        "above it vectors are compressed with IVF-PQ")
+    p.add_argument("--retry-errors", action="store_true", help="try again files that failed before, even unchanged")
+    p.add_argument("--rebuild", action="store_true",
+                   help="discard the catalog and embed everything again (needed to switch models)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another running index of the same folder (default: exit at once)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: automatic)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    add_model_args(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    """Index, then summarise on stderr (and as JSON on stdout with --json)."""
+    import sys
+
+    from ..errors import BtembedError
+    from ..indexer import IndexOptions, index_folder
+
+    if args.batch_size < 1:
+        raise BtembedError("--batch-size must be at least 1")
+    opts = IndexOptions(model=args.model, revision=args.revision, db=args.db, max_memory=args.max_memory,
+                        retry_errors=args.retry_errors, rebuild=args.rebuild, wait=args.wait,
+                        batch_size=args.batch_size, workers=args.workers, backend=args.backend,
+                        device=args.device, precision=args.precision,
+                        progress=None if sys.stderr.isatty() else False)
+    report = index_folder(args.folder, opts, say=say)
+    for f in report.failures:
+        say(f"  could not index {f['path']}: {f['error']}")
+    say(f"indexed {report.total} images in {report.seconds:.1f} s ({report.new} new, {report.updated} updated, "
+        f"{report.deleted} deleted, {report.unchanged} unchanged, {report.reused} reused, "
+        f"{report.embedded} embedded, {report.failed} failed); index {report.tier or 'empty'} in {report.store}")
+    if args.json:
+        print_json(report.to_dict())
+    return 0
