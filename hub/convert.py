@@ -6,6 +6,7 @@ is refused before it is built, so a tampered file cannot run code. Weights are c
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -93,9 +94,14 @@ def load_checkpoint(path: str | Path):
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a binary pickle
+            raise ConvertError(f"{path} is not a readable PyTorch checkpoint (not a torch.save file)") from None
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))
+        why = f"it names {named.group(1)}" if named else "it uses pickle instructions outside plain tensors"
         raise ConvertError(f"{path} holds pickled Python objects other than tensors and was refused unread "
-                           f"(loading it could run code: {first}); use the official file or re-save the "
+                           f"({why}; loading it could run code); use the official file or re-save the "
                            "weights as a plain state dict") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ConvertError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "

@@ -210,11 +210,13 @@ def upload(folder: Path, repo_id: str, files: list[str], *, revision: str | None
 
 def publish(folder: str | Path, repo_id: str, *, revision: str | None = None, tag: str | None = None,
             dry_run: bool = False, name: str | None = None, export_missing_onnx: bool = True,
-            private: bool = False, out=sys.stdout) -> dict | None:
+            private: bool = False, out=None) -> dict | None:
     """Validate, then (unless dry_run) upload and return the registry entry {name: entry} to add."""
     from .registry_tools import entry_from_folder
 
     folder = Path(folder)
+    # the file list is a dry run's result (stdout); for a real upload stdout carries only the registry entry
+    out = out or (sys.stdout if dry_run else sys.stderr)
     v = validate(folder, export_missing_onnx=export_missing_onnx)
     for check in v.checks:
         print(f"  ok    {check}", file=sys.stderr)
