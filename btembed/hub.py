@@ -161,8 +161,13 @@ def resolve_model(name_or_path=None, *, revision: str | None = None,
             folder = embedded_dir() / entry["embedded"]
             if folder.is_dir():
                 return folder
-        return _download(entry["repo_id"], revision or entry.get("revision"), allow_patterns,
-                         unreleased=not entry.get("released"))
+        folder = _download(entry["repo_id"], revision or entry.get("revision"), allow_patterns,
+                           unreleased=not entry.get("released"))
+        pinned = (entry.get("files") or {}).get("config.json")
+        if pinned and revision in (None, entry.get("revision")):
+            # The registry pins config.json, which pins the weights: a hash chain from the installed package.
+            verify_file(folder, ModelConfig(), "config.json", expected=pinned)
+        return folder
     if path.exists():
         raise ModelError(f"{text} is a file, not a model folder (a folder with config.json and model.safetensors)")
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text

@@ -94,3 +94,27 @@ def test_availability_order(tmp_path, monkeypatch):
     assert models.availability("c", {"repo_id": "o/c", "released": False}) == ("unreleased", None)
     monkeypatch.setattr(models, "cached_folder", lambda repo, rev: "/cache/x")
     assert models.availability("b", {"repo_id": "o/b", "released": True, "revision": SHA}) == ("cached", "/cache/x")
+
+
+def test_registry_pin_of_config_json_is_enforced(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+    import pytest
+
+    from btembed import hub
+    from btembed.errors import ModelError
+    from hub.registry_tools import entry_from_folder
+
+    folder = make_model_dir(tmp_path / "model", seed=6)
+    cache = tmp_path / "hf"
+    snapshot = fill_cache(cache, "org/pinned", folder)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    entry = entry_from_folder(folder, "org/pinned", SHA)
+    monkeypatch.setattr(hub, "load_registry", lambda: {"default": None, "models": {"test/pinned": entry}})
+    assert hub.resolve_model("test/pinned").resolve() == snapshot.resolve()
+    config = json.loads((snapshot / "config.json").read_text())
+    config["files"]["model.safetensors"] = "0" * 64  # a tampered cache entry
+    (snapshot / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="recorded in the registry"):
+        hub.resolve_model("test/pinned")
