@@ -1,9 +1,15 @@
 """Shared fixtures: real photos from scikit-image's wheel, and tiny random-init model folders."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
+
+# hub/ and training/ are repository-root tools, not installed packages: make them importable under plain `pytest`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # scikit-image ships these photos inside its wheel: real images with no network needed.
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field")
