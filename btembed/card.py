@@ -87,7 +87,7 @@ def _training_lines(training: dict) -> list[str]:
         return ["Not recorded for this model."]
     skip = {"datasets", "limits"}
     known = [(k, label) for k, label in TRAINING_FIELDS if k in training]
-    rest = [(k, k.replace("_", " ")) for k in training if k not in dict(TRAINING_FIELDS) and k not in skip]
+    rest = [(k, k.replace("_", " ").capitalize()) for k in training if k not in dict(TRAINING_FIELDS) and k not in skip]
     lines = ["| | |", "|---|---|"]
     for key, label in known + rest:
         value = training[key]
@@ -131,6 +131,8 @@ def render_card(config: ModelConfig, *, description: str | None = None, tags=())
                  "and did not reproduce them.", ""]
         body += _metric_table(reported, with_reference=True)
     repo = source.get("repo_id") or name
+    if "/" not in repo:  # a bare folder name: show it as a path, not as a Hub id
+        repo = f"path/to/{repo}"
     body += [
         "", "## How to use", "", "Python:", "", "```python", "from btembed import Embedder", "",
         f"embedder = Embedder.from_pretrained({repo!r})",

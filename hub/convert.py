@@ -23,7 +23,7 @@ OFFICIAL_LICENSE = "cc-by-nc-4.0"  # the official repository is released under C
 PAPER = "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction (ICML)"
 RELEASE_README = "facebookresearch/barlowtwins README, 'Pretrained Model' table"
 LINEAR = "linear classifier trained on the frozen trunk's features (ImageNet train), single 224 center crop"
-SEMI = "trunk and linear classifier fine-tuned on the stated fraction of ImageNet train labels"
+SEMI = "trunk and linear classifier fine-tuned with a fraction of the ImageNet train labels"
 
 # Figures published by the authors for the official ResNet-50 (paper tables and the release README).
 REPORTED_METRICS = {
@@ -37,21 +37,21 @@ REPORTED_METRICS = {
     "released_checkpoint_linear_top5": {"value": 91.0, "unit": "%", "dataset": "ImageNet-1k val",
                                         "protocol": LINEAR + " (evaluate.py, --lr-classifier 0.1)",
                                         "reference": RELEASE_README},
-    "imagenet_semisup_1pct_top1": {"value": 55.0, "unit": "%", "dataset": "ImageNet-1k val", "protocol": SEMI + " (1 %)",
-                                   "reference": f"{PAPER}, Table 2"},
-    "imagenet_semisup_1pct_top5": {"value": 79.2, "unit": "%", "dataset": "ImageNet-1k val", "protocol": SEMI + " (1 %)",
-                                   "reference": f"{PAPER}, Table 2"},
+    "imagenet_semisup_1pct_top1": {"value": 55.0, "unit": "%", "dataset": "ImageNet-1k val",
+                                   "protocol": SEMI + ": 1 %", "reference": f"{PAPER}, Table 2"},
+    "imagenet_semisup_1pct_top5": {"value": 79.2, "unit": "%", "dataset": "ImageNet-1k val",
+                                   "protocol": SEMI + ": 1 %", "reference": f"{PAPER}, Table 2"},
     "imagenet_semisup_10pct_top1": {"value": 69.7, "unit": "%", "dataset": "ImageNet-1k val",
-                                    "protocol": SEMI + " (10 %)", "reference": f"{PAPER}, Table 2"},
+                                    "protocol": SEMI + ": 10 %", "reference": f"{PAPER}, Table 2"},
     "imagenet_semisup_10pct_top5": {"value": 89.3, "unit": "%", "dataset": "ImageNet-1k val",
-                                    "protocol": SEMI + " (10 %)", "reference": f"{PAPER}, Table 2"},
+                                    "protocol": SEMI + ": 10 %", "reference": f"{PAPER}, Table 2"},
 }
 
 # How the official ResNet-50 was trained, as the release README and main.py state it.
 OFFICIAL_TRAINING = {
-    "recipe": "Barlow Twins, official main.py: LARS, 10-epoch warmup then cosine decay, lambda 0.0051, "
-              "projector 8192-8192-8192, loss scale 0.024, base lr 0.2 (weights) / 0.0048 (biases, BN), "
-              "weight decay 1e-6",
+    "recipe": "Barlow Twins, the authors' main.py as their README gives it: --epochs 1000 --batch-size 2048 "
+              "--learning-rate 0.2 --lambd 0.0051 --projector 8192-8192-8192 --scale-loss 0.024 (LARS, 10-epoch "
+              "warmup, cosine decay)",
     "data": "ImageNet-1k train (labels unused)",
     "datasets": ["imagenet-1k"],
     "epochs": 1000,
