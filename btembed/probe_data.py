@@ -133,13 +133,63 @@ def feature_identity(source) -> dict:
             "sha256": files.get("model.safetensors"), "architecture": source.config.architecture}
 
 
-def extract_features(source, paths: list, batch_size: int = 64, num_workers: int | None = None):
-    """(features [N_ok, D], kept positions, failures [(path, cause)]) — bad images are skipped, never fatal."""
+def catalog_vectors(root: Path, identity: dict, paths: list) -> tuple[dict, str]:
+    """{position: vector} for paths an index catalog of root already holds, unchanged, for the same model.
+
+    Reuses `btembed index` work: a file counts as unchanged when its size and mtime match the catalog row.
+    Returns ({}, why) when there is no usable catalog.
+    """
+    from .catalog import CATALOG_FILE, Catalog
+    from .errors import CatalogError
+
+    # `btembed index DIR` keeps its catalog in DIR/.btembed/ (btembed.index.STORE_DIR).
+    path = Path(root) / ".btembed" / CATALOG_FILE
+    if identity.get("kind") != "model" or not path.is_file():
+        return {}, ""
+    try:
+        catalog = Catalog.open(path)
+    except CatalogError as e:
+        return {}, f"index catalog not used ({e})"
+    try:
+        meta = catalog.meta()
+        if not identity.get("sha256") or meta.get("model_sha256") != identity["sha256"] or \
+                catalog.dim != identity["dim"]:
+            return {}, f"index catalog {path} was built with another model; embedding afresh"
+        found = {}
+        for i, p in enumerate(paths):
+            row = catalog.lookup(Path(os.path.relpath(p, root)).as_posix())
+            if row is None or row[4] != "ok":
+                continue
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if (row[1], row[2]) == (st.st_size, st.st_mtime_ns):
+                found[i] = row[0]
+        ids = list(found.values())
+        vectors = catalog.fetch(ids) if ids else np.zeros((0, identity["dim"]), np.float32)
+        return dict(zip(found, vectors)), f"reused {len(found)} vectors from the index catalog {path}"
+    finally:
+        catalog.close()
+
+
+def extract_features(source, paths: list, batch_size: int = 64, num_workers: int | None = None,
+                     cached: dict | None = None):
+    """(features [N_ok, D], kept positions, failures [(path, cause)]) — bad images are skipped, never fatal.
+
+    cached: {position: vector} already known (from an index catalog); only the other paths are embedded.
+    """
+    cached = cached or {}
+    todo = [i for i in range(len(paths)) if i not in cached]
+    fresh = source.embed_files([paths[i] for i in todo], batch_size=batch_size, num_workers=num_workers)
+    results = dict(cached)
+    for i, (_, result) in zip(todo, fresh):
+        results[i] = result
     rows, kept, failures = [], [], []
-    for i, (path, result) in enumerate(zip(paths, (r for _, r in source.embed_files(
-            paths, batch_size=batch_size, num_workers=num_workers)))):
+    for i in range(len(paths)):
+        result = results[i]
         if isinstance(result, BtembedError):
-            failures.append((str(path), getattr(result, "cause", str(result))))
+            failures.append((str(paths[i]), getattr(result, "cause", str(result))))
         else:
             rows.append(result)
             kept.append(i)

@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations per fit")
     p.add_argument("--save", metavar="CLASSIFIER_DIR", default=None,
                    help="also fit on all images (train/ in the train/val layout) and save the classifier here")
+    p.add_argument("--no-catalog", action="store_true",
+                   help="embed every image even when DIR/.btembed (from btembed index) holds its vectors")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: automatic)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
@@ -57,8 +59,9 @@ def run(args) -> int:
     """Scan, embed (skipping bad files), evaluate, optionally save, report."""
     import numpy as np
 
-    from ..probe import LinearClassifier, ProbeConfig, evaluate, format_confusion
-    from ..probe_data import class_check, extract_features, feature_identity, scan_labeled_folder
+    from ..probe import ProbeConfig, evaluate, format_confusion
+    from ..probe_data import (catalog_vectors, class_check, extract_features, feature_identity,
+                              scan_labeled_folder)
 
     if args.folds < 2:
         raise BtembedError("--folds must be at least 2")
@@ -68,8 +71,11 @@ def run(args) -> int:
     data = scan_labeled_folder(args.folder)
     source, ref = feature_source(args)
     identity = feature_identity(source)
+    cached, note = ({}, "") if args.no_catalog else catalog_vectors(data.root, identity, data.paths)
+    if note:
+        say(note)
     t0 = time.perf_counter()
-    features, kept, failures = extract_features(source, data.paths, args.batch_size, args.workers)
+    features, kept, failures = extract_features(source, data.paths, args.batch_size, args.workers, cached)
     say(f"features: {len(kept)} images → {identity['dim']}-d ({identity['model']}) in "
         f"{time.perf_counter() - t0:.1f} s; {len(failures)} skipped")
     skipped = [{"path": data.relative(p), "error": cause} for p, cause in failures]
@@ -92,14 +98,14 @@ def run(args) -> int:
         raise BtembedError(f"{args.folder}/val has no usable images of the training classes; nothing to score")
     grid = (args.weight_decay,) if args.weight_decay is not None else ProbeConfig.weight_decay_grid
     config = ProbeConfig(folds=args.folds, seed=args.seed, weight_decay_grid=tuple(grid), max_iter=args.max_iter,
-                         device="cuda" if args.device.startswith("cuda") else "cpu")
+                         device=probe_device(args.device))
     t0 = time.perf_counter()
     result = evaluate(x, y, classes, config, train_mask)
     say(f"probe: {result.layout}, {len(classes)} classes, {result.n} scored images in "
         f"{time.perf_counter() - t0:.1f} s")
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
     doc = {"dataset": {"path": str(args.folder), "layout": data.layout, "images": len(data.paths),
-                       "used": int(use.sum()), "per_class": counts, "skipped": skipped,
+                       "used": int(use.sum()), "from_catalog": len(cached), "per_class": counts, "skipped": skipped,
                        "excluded_classes": [{"class": k, "reason": v} for k, v in excluded.items()],
                        "ignored_files": [data.relative(p) for p in data.ignored]},
            "features": identity, **result.to_dict(), "saved": None}
@@ -111,6 +117,15 @@ def run(args) -> int:
     else:
         print(render_text(doc, format_confusion))
     return 0
+
+
+def probe_device(device: str) -> str:
+    """Where the L-BFGS fits run: the GPU when one is asked for (or 'auto' finds one), else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device if device.startswith("cuda") else "cpu"
 
 
 def save_classifier(args, x, y, train_mask, classes, config, identity, ref, doc):
