@@ -296,12 +296,15 @@ def build(source: VectorSource, cfg: AnnConfig, progress: Callable[[str], None] 
         else:
             m = choose_pq_m(n, d, cfg)
             info.update(pq_m=m, rerank=cfg.rerank, opq=cfg.opq)
-            spec = (f"OPQ{m}," if cfg.opq else "") + f"IVF{nlist},PQ{m}"
+            # "np": no polysemous training — it is slow (annealing) and only helps Hamming pre-filtering.
+            spec = (f"OPQ{m}," if cfg.opq else "") + f"IVF{nlist},PQ{m}np"
             index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
             n_train = min(n, max(cfg.train_per_list * nlist, 256 * 40))  # PQ codebooks need ~40·256 points
-        ivf = faiss.extract_index_ivf(index)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.cp.niter = cfg.kmeans_iters
         ivf.cp.seed = cfg.seed
+        if hasattr(ivf, "pq"):  # PQ codebooks: one k-means per sub-vector, 25 iterations by default
+            ivf.pq.cp.niter = cfg.kmeans_iters
         say(f"training {tier} index ({nlist} lists) on {n_train} of {n} vectors")
         index.train(source.sample(n_train, seed=cfg.seed)[1])
         ann = AnnIndex(index, tier, info)

@@ -1,0 +1,202 @@
+"""btembed index / search: incremental updates, bad files, model checks, locking, stale FAISS files."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from btembed.catalog import Catalog
+from btembed.errors import CatalogError
+from btembed.index import INDEX_FILE, ImageIndex
+from btembed.indexer import IndexOptions, index_folder
+from btembed.lock import WriterLock
+
+from conftest import make_model_dir
+
+
+def run_index(folder, model, **kw):
+    """Index in-process (no torch import per run), decoding inline to keep tests quick."""
+    return index_folder(folder, IndexOptions(model=str(model), workers=0, batch_size=4, **kw))
+
+
+def cli(*args, check=True):
+    """Run the btembed command in a subprocess; returns (returncode, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "btembed", *map(str, args)], capture_output=True, text=True,
+                       timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture
+def folder(tmp_path, photo_paths):
+    """A fresh copy of the six photos, two of them in a subfolder."""
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    for i, p in enumerate(photo_paths):
+        shutil.copy(p, root / ("sub" if i % 2 else "") / p.name)
+    return root
+
+
+def tiny_png_bomb(path, width=40_000, height=40_000):
+    """A valid PNG header claiming 1.6 gigapixels (a decompression bomb) in a few dozen bytes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_incremental_copy_rename_delete_change(folder, tiny_model_dir):
+    first = run_index(folder, tiny_model_dir)
+    assert (first.total, first.new, first.embedded, first.failed, first.tier) == (6, 6, 6, 0, "flat")
+    again = run_index(folder, tiny_model_dir)
+    assert (again.new, again.updated, again.deleted, again.embedded, again.unchanged) == (0, 0, 0, 0, 6)
+
+    shutil.copy(folder / "astronaut.jpg", folder / "sub" / "astronaut-copy.jpg")  # a copy
+    (folder / "coffee.jpg").rename(folder / "sub" / "mug.jpg")  # a rename
+    (folder / "sub" / "chelsea.jpg").unlink()  # a deletion
+    Image.fromarray(np.full((80, 120, 3), 200, np.uint8)).save(folder / "sub" / "rocket.jpg")  # changed content
+    r = run_index(folder, tiny_model_dir)
+    # the renamed file counts as new + deleted, its vector reused; the copy is new + reused
+    assert (r.new, r.reused, r.deleted, r.updated, r.embedded, r.total) == (2, 2, 2, 1, 1, 6)
+
+    index = ImageIndex.open(folder)
+    try:
+        hits = index.search(folder / "sub" / "mug.jpg", k=6)
+        paths = [Path(h.path).relative_to(folder).as_posix() for h in hits]
+        assert paths[0] == "sub/mug.jpg" and hits[0].score > 0.999
+        assert "sub/chelsea.jpg" not in paths and "coffee.jpg" not in paths
+        assert len(paths) == 6 and len(set(paths)) == 6
+    finally:
+        index.close()
+    assert run_index(folder, tiny_model_dir).embedded == 0
+
+
+def test_query_image_finds_its_own_file_first(folder, tiny_model_dir, tmp_path):
+    run_index(folder, tiny_model_dir)
+    outside = tmp_path / "query.jpg"
+    shutil.copy(folder / "sub" / "chelsea.jpg", outside)
+    index = ImageIndex.open(folder)
+    try:
+        assert index._stored_vector(outside) is None  # outside the folder: goes through the model
+        for query, want in ((folder / "retina.jpg", "retina.jpg"), (outside, "sub/chelsea.jpg")):
+            top = index.search(query, k=3)[0]
+            assert Path(top.path).relative_to(folder).as_posix() == want
+            assert top.score > 0.999
+        # vectors and batches: the catalog's own vector of each file finds that file
+        ids, vecs = next(index.catalog.chunks())
+        batch = index.search_batch(vecs, k=1)
+        assert [h[0].id for h in batch] == ids.tolist()
+    finally:
+        index.close()
+
+
+def test_cli_json_search_and_bad_files(folder, tiny_model_dir):
+    data = (folder / "astronaut.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image at all")
+    tiny_png_bomb(folder / "bomb.png")
+    (folder / "broken.jpg").symlink_to(folder / "missing.jpg")
+    (folder / "loop-a.jpg").symlink_to(folder / "loop-b.jpg")
+    (folder / "loop-b.jpg").symlink_to(folder / "loop-a.jpg")
+    locked = folder / "locked.jpg"
+    shutil.copy(folder / "retina.jpg", locked)
+    locked.chmod(0)
+    causes = {"truncated.jpg": "truncated", "empty.jpg": "empty", "notes.png": "not an image",
+              "bomb.png": "bomb", "broken.jpg": "broken symbolic link", "loop-a.jpg": "loop",
+              "loop-b.jpg": "loop"}
+    if os.geteuid() != 0:  # root reads any file
+        causes["locked.jpg"] = "permission denied"
+    try:
+        code, out, err = cli("index", folder, "--model", tiny_model_dir, "--json")
+        report = json.loads(out)
+        assert set(report) >= {"total", "new", "updated", "deleted", "unchanged", "reused", "failed", "failures"}
+        failures = {f["path"]: f["error"] for f in report["failures"]}
+        for name, cause in causes.items():
+            assert cause in failures[name], (name, failures.get(name))
+        good = 6 + ("locked.jpg" not in causes)  # as root, the unreadable file is readable after all
+        assert report["total"] == good
+        assert report["failed"] == len(causes) and report["new"] == report["total"] + report["failed"]
+        for name in causes:
+            assert name in err  # each bad file is named in the human summary too
+
+        # not retried while unchanged; retried on request; a fixed file is picked up
+        again = run_index(folder, tiny_model_dir)
+        assert again.embedded == 0 and again.updated == 0 and again.failed == len(causes)
+        retry = run_index(folder, tiny_model_dir, retry_errors=True)
+        assert retry.updated == len(causes) and retry.failed == len(causes)
+        shutil.copy(folder / "coffee.jpg", folder / "empty.jpg")
+        fixed = run_index(folder, tiny_model_dir)
+        assert fixed.updated == 1 and fixed.reused == 1 and "empty.jpg" not in {f["path"] for f in fixed.failures}
+
+        code, out, _ = cli("search", folder, folder / "sub" / "rocket.jpg", "-k", "2", "--json")
+        result = json.loads(out)
+        assert result["query"].endswith("rocket.jpg") and len(result["results"]) == 2
+        assert result["results"][0]["path"].endswith("sub/rocket.jpg")
+    finally:
+        locked.chmod(0o644)
+
+
+def test_other_model_refused_unless_rebuild(folder, tiny_model_dir, tmp_path):
+    run_index(folder, tiny_model_dir)
+    other = make_model_dir(tmp_path / "other", seed=1)
+    with pytest.raises(CatalogError, match="--rebuild"):
+        run_index(folder, other)
+    r = run_index(folder, other, rebuild=True)
+    assert r.embedded == 6 and r.total == 6
+    assert run_index(folder, other).embedded == 0
+    # without --model, the model recorded in the catalog is used
+    assert index_folder(folder, IndexOptions(workers=0)).unchanged == 6
+
+
+def test_db_elsewhere_and_stale_faiss_rebuilt(folder, tiny_model_dir, tmp_path):
+    db = tmp_path / "store"
+    run_index(folder, tiny_model_dir, db=str(db))
+    assert not (folder / ".btembed").exists() and (db / INDEX_FILE).is_file()
+    (db / INDEX_FILE).unlink()
+    index = ImageIndex.open(folder, db=db)  # missing FAISS file: rebuilt from the catalog, saved again
+    try:
+        assert len(index) == 6 and (db / INDEX_FILE).is_file()
+    finally:
+        index.close()
+    (db / INDEX_FILE).write_bytes(b"garbage")
+    index = ImageIndex.open(db)  # the index folder itself also opens
+    try:
+        assert len(index) == 6 and Path(index.search(folder / "coffee.jpg", 1)[0].path).name == "coffee.jpg"
+    finally:
+        index.close()
+    with pytest.raises(CatalogError, match="belongs to folder"):
+        run_index(tmp_path, tiny_model_dir, db=str(db))
+
+
+def test_second_writer_exits_clearly_and_stale_lock_is_taken_over(folder, tiny_model_dir):
+    store = folder / ".btembed"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from btembed.lock import WriterLock; "
+         "WriterLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(float(sys.argv[2]))",
+         str(store), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = cli("index", folder, "--model", tiny_model_dir, check=False)
+        assert code == 1 and f"being written by process {holder.pid}" in err and "--wait" in err
+        # --wait queues behind the running writer instead
+        assert run_index(folder, tiny_model_dir, wait=30).total == 6
+    finally:
+        holder.kill()
+        holder.wait()
+    # a lock file left by a dead process does not block
+    (store / "lock").write_text("999999 somehost 2020-01-01T00:00:00\n")
+    assert run_index(folder, tiny_model_dir).unchanged == 6
+    with WriterLock(store):
+        assert not WriterLock(store).try_acquire()  # one writer per process too
