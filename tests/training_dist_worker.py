@@ -1,0 +1,77 @@
+"""Run under `torchrun --nproc_per_node=2`: the loss and a DDP model step on each rank's half of a fixed batch.
+
+Each rank saves what it computed to OUT/rank{r}.pt; tests/test_training_distributed.py compares with one process
+on the whole batch.
+"""
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from training.distributed import convert_sync_batchnorm, setup, teardown
+from training.loss import BarlowTwinsLoss
+
+
+def fixed_batch(n=16, d=24, seed=0):
+    """The global batch every process draws identically: two correlated views."""
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, d, generator=g) * 3 + 1
+    z2 = 0.6 * z1 + torch.randn(n, d, generator=g)
+    return z1, z2
+
+
+class TwoViews(nn.Module):
+    """Both views through one network in one call, as training.model.BarlowTwins does."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x1, x2):
+        return self.net(x1), self.net(x2)
+
+
+def tiny_net(seed=0):
+    """Conv-BN-ReLU-pool trunk + Linear-BN-ReLU-Linear projector: every kind of layer the real model has."""
+    torch.manual_seed(seed)
+    return TwoViews(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16, bias=False),
+                                  nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 12, bias=False)))
+
+
+def images(n=16, seed=1):
+    """A fixed global batch of two image views."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.randn(n, 3, 8, 8, generator=g)
+
+
+def main(out: Path):
+    rt = setup("cpu")
+    rank, world = rt.rank, rt.world_size
+    loss_fn = BarlowTwinsLoss(lambd=0.0051)
+
+    z1, z2 = fixed_batch()
+    part = slice(rank * len(z1) // world, (rank + 1) * len(z1) // world)
+    a, b = z1[part].clone().requires_grad_(), z2[part].clone().requires_grad_()
+    loss = loss_fn(a, b)
+    loss.backward()
+
+    net = convert_sync_batchnorm(tiny_net(), rt.device)
+    ddp = nn.parallel.DistributedDataParallel(net)
+    x1, x2 = images()
+    model_loss = loss_fn(*ddp(x1[part], x2[part]))
+    (model_loss * world).backward()  # what the training loop does: undo DDP's gradient averaging
+    grads = {k: p.grad.detach().clone() for k, p in net.named_parameters()}
+    running = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+
+    torch.save({"loss": loss.detach(), "grad_z1": a.grad, "grad_z2": b.grad, "part": (part.start, part.stop),
+                "model_loss": model_loss.detach(), "param_grads": grads, "running": running,
+                "world": world}, out / f"rank{rank}.pt")
+    dist.barrier()
+    teardown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

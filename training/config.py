@@ -1,0 +1,187 @@
+"""TrainConfig: every knob of a Barlow Twins run as data; recipes are YAML files in training/recipes/."""
+from __future__ import annotations
+
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from btembed.errors import BtembedError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(BtembedError):
+    """A recipe or override that cannot be used."""
+
+
+@dataclass
+class TrainConfig:
+    """A Barlow Twins training run; defaults are the paper's ImageNet settings (imagenet-r50)."""
+
+    recipe: str = "custom"
+    description: str = ""
+    # Model: a btembed.Encoder trunk plus the projector (Linear no bias, BN+ReLU on all but the last).
+    architecture: str = "resnet50"
+    zero_init_residual: bool = True
+    projector: list = field(default_factory=lambda: [8192, 8192, 8192])
+    sync_bn: bool = True  # the model's BatchNorms see the global batch under DDP, as the official code does
+    # Loss: sum (1 - c_ii)^2 + lambd * sum_{i != j} c_ij^2.
+    lambd: float = 0.0051
+    # Optimization: LARS, lr = lr_* x batch_size / 256, warm-up then cosine to final_lr_ratio x.
+    batch_size: int = 2048  # global, over all processes
+    epochs: int = 1000
+    lr_weights: float = 0.2
+    lr_biases: float = 0.0048  # biases and BN parameters: no weight decay, no LARS adaptation
+    weight_decay: float = 1.5e-6
+    momentum: float = 0.9
+    lars_eta: float = 0.001
+    warmup_epochs: float = 10.0
+    final_lr_ratio: float = 0.001
+    # Augmentation: both views share crop/flip/jitter/grayscale; blur and solarize differ per view (A, B).
+    image_size: int = 224
+    crop_scale: tuple = (0.08, 1.0)
+    interpolation: str = "bicubic"
+    flip_p: float = 0.5
+    jitter: tuple = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: tuple = (1.0, 0.1)
+    blur_sigma: tuple = (0.1, 2.0)  # pixels, at image_size
+    solarize_p: tuple = (0.0, 0.2)
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    # Data loading.
+    decode_size: int = 0  # JPEG draft decoding down to this short side (0: full decode)
+    repeats: int = 1  # each image appears this many times per epoch, each time with fresh crops
+    num_workers: int = 8  # per process
+    # Speed.
+    amp: str = "auto"  # auto | bf16 | fp16 | none (auto: bf16 where supported, else fp16 on GPU, else none)
+    channels_last: bool = True
+    compile: bool = False
+    # Bookkeeping.
+    seed: int = 0
+    log_every: int = 50  # steps between health lines
+    checkpoint_every: int = 1000  # steps between checkpoints (0: only at epoch ends)
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: the whole schedule)
+    # Health: RankMe over the last rankme_samples trunk features; alarm when std or rank fall below these.
+    rankme_samples: int = 512
+    alarm_std: float = 0.05  # mean per-dim std of L2-normalized trunk features x sqrt(D)
+    alarm_rank: float = 0.02  # RankMe / min(samples, D)
+    # Optional online kNN monitor on a labeled folder (class subfolders).
+    monitor_data: str = ""
+    monitor_every: int = 1  # epochs
+    monitor_k: int = 20
+    # What the exported model folder's preprocessing says (0: image_size and image_size x 256/224).
+    export_input_size: int = 0
+    export_resize_size: int = 0
+
+    def __post_init__(self):
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, _field_type(f), getattr(self, f.name)))
+        if self.amp not in ("auto", "bf16", "fp16", "none"):
+            raise ConfigError(f"amp must be auto, bf16, fp16 or none, not {self.amp!r}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(f"interpolation must be bilinear or bicubic, not {self.interpolation!r}")
+        if len(self.projector) < 1 or any(int(d) < 1 for d in self.projector):
+            raise ConfigError(f"projector must list one or more layer widths, got {self.projector!r}")
+        self.projector = [int(d) for d in self.projector]
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be at least 2 (the loss standardizes along the batch)")
+        if self.repeats < 1 or self.epochs < 1:
+            raise ConfigError("epochs and repeats must be at least 1")
+        for name in ("blur_p", "solarize_p", "crop_scale", "blur_sigma"):
+            if len(getattr(self, name)) != 2:
+                raise ConfigError(f"{name} needs two values")
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the projector output (the loss's D)."""
+        return self.projector[-1]
+
+    def to_dict(self) -> dict:
+        """Plain JSON/YAML-ready mapping (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a mapping; unknown keys are an error naming the valid ones."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed (validated again)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _field_type(f) -> str:
+    """The annotation of a dataclass field as a plain name ('int', 'tuple', ...)."""
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def _coerce(name: str, kind: str, value):
+    """Convert YAML/CLI values to the field's type, with a clear error."""
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "on", "1"):
+                    return True
+                if value.lower() in ("false", "no", "off", "0"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "str":
+            return "" if value is None else str(value)
+        if kind == "tuple":
+            return tuple(float(v) for v in value)
+        if kind == "list":
+            return list(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {name} must be a {kind}, got {value!r}") from None
+    return value
+
+
+def recipe_names() -> list[str]:
+    """Names of the bundled recipes."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str) -> TrainConfig:
+    """A bundled recipe by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no recipe {name_or_path!r}: not a YAML file, and not one of {', '.join(recipe_names())}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of config keys")
+    data.setdefault("recipe", path.stem)
+    return TrainConfig.from_dict(data)
+
+
+def apply_overrides(config: TrainConfig, overrides: typing.Sequence[str]) -> TrainConfig:
+    """key=value strings (values parsed as YAML: 0.1, true, [1, 2]) applied on top of a config."""
+    changes = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            changes[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            changes[key.strip()] = text
+    return config.replace(**changes) if changes else config

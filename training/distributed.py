@@ -1,0 +1,163 @@
+"""Process group setup from torchrun's environment, autograd-aware sums over ranks, and SyncBatchNorm."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: rank, world size, local rank, device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes checkpoints and logs."""
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> Runtime:
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK and join the process group (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for, but torch sees no GPU")
+    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    return Runtime(rank, world, local, dev)
+
+
+def teardown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _SumIdentityGrad(torch.autograd.Function):
+    """Sum over ranks; the gradient passes through unchanged."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _SumSumGrad(torch.autograd.Function):
+    """Sum over ranks; the gradient is summed over ranks too (torch.distributed.nn's all_reduce, not deprecated)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_identity_grad(x: torch.Tensor) -> torch.Tensor:
+    """Σ over ranks, for a result every rank then uses identically (its gradient is already the full one)."""
+    return _SumIdentityGrad.apply(x) if is_distributed() else x
+
+
+def sum_all_reduce_grad(x: torch.Tensor) -> torch.Tensor:
+    """Σ over ranks, for a result each rank uses on its own rows (its gradient is summed over ranks too)."""
+    return _SumSumGrad.apply(x) if is_distributed() else x
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a detached tensor (for logging)."""
+    if not is_distributed():
+        return values
+    values = values.detach().clone()
+    dist.all_reduce(values)
+    return values / dist.get_world_size()
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics cover the batch of all ranks, on any device and backend.
+
+    torch's nn.SyncBatchNorm refuses CPU tensors, so CPU/gloo runs (and our tests) use this; it computes the
+    same thing with two autograd-aware all_reduces per layer.
+    """
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            use_batch = self.training or not self.track_running_stats
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                use_batch, momentum, self.eps)
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device)
+        sums = sum_all_reduce_grad(torch.cat([xf.sum(dims), count]))
+        n = sums[-1].detach()
+        mean = sums[:-1] / n
+        centred = xf - mean.view(shape)
+        var = sum_all_reduce_grad(centred.pow(2).sum(dims)) / n
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / max(n - 1, 1), alpha=m)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm → global-batch BatchNorm: torch's fused SyncBatchNorm on CUDA, GlobalBatchNorm elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        if module.affine:
+            with torch.no_grad():
+                out.weight.copy_(module.weight)
+                out.bias.copy_(module.bias)
+        if module.track_running_stats:
+            out.running_mean.copy_(module.running_mean)
+            out.running_var.copy_(module.running_var)
+            out.num_batches_tracked.copy_(module.num_batches_tracked)
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, device))
+    return out

@@ -1,0 +1,107 @@
+"""A training run → a btembed model folder (trunk only) with provenance in config.json and a model card."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from btembed import Encoder
+from btembed.config import ModelConfig
+from btembed.preprocess import PreprocessConfig
+
+from .checkpoint import CHECKPOINT, load_checkpoint
+from .config import ConfigError, TrainConfig
+
+TRUNK_PREFIX = "trunk.trunk."  # BarlowTwins.trunk (Encoder) → Encoder.trunk (torchvision ResNet)
+
+
+def trunk_state(model_state: dict) -> dict:
+    """The torchvision-keyed trunk weights out of a BarlowTwins state dict (the projector is dropped)."""
+    state = {k[len(TRUNK_PREFIX):]: v for k, v in model_state.items() if k.startswith(TRUNK_PREFIX)}
+    if not state:
+        raise ConfigError("the checkpoint holds no trunk weights (keys 'trunk.trunk.*')")
+    return state
+
+
+def training_record(ck: dict, config: TrainConfig) -> dict:
+    """What config.json's 'training' says: recipe, data, schedule reached, hardware, time, the full config."""
+    data = ck["data"]
+    return {
+        "method": "Barlow Twins (Zbontar et al. 2021)",
+        "recipe": config.recipe,
+        "data": f"{data['images']} images under {data['path']} ({data['bad_files']} unreadable skipped), "
+                f"each seen {config.repeats}x per epoch",
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "optimizer": f"LARS (eta {config.lars_eta}, lr {config.lr_weights}/{config.lr_biases} x batch/256, "
+                     f"weight decay {config.weight_decay}), {config.warmup_epochs} warm-up epochs, cosine",
+        "hardware": f"{ck['world_size']} x {ck.get('device', 'cpu')}",
+        "time": f"{ck['elapsed_s'] / 3600:.2f} h",
+        "epochs_completed": round(ck["step"] / ck["steps_per_epoch"], 3),
+        "steps": ck["step"],
+        "finished": ck["finished"],
+        "data_details": data,
+        "config": config.to_dict(),
+    }
+
+
+def measured_metrics(ck: dict, config: TrainConfig) -> dict:
+    """The run's last health numbers in the card's {value, protocol, dataset} form."""
+    m = ck.get("metrics") or {}
+    out = {}
+    if "loss" in m:
+        out["train_loss"] = {"value": round(m["loss"], 4),
+                             "protocol": "Barlow Twins loss, mean over the last logging interval"}
+    if "rankme" in m:
+        out["train_rankme"] = {"value": round(m["rankme"], 2),
+                               "protocol": f"RankMe of trunk features of the last {m.get('rankme_max')} "
+                                           "training crops (max = that count)"}
+    if "feat_std" in m:
+        out["train_feature_std"] = {"value": round(m["feat_std"], 4),
+                                    "protocol": "mean per-dim std of L2-normalized trunk features x sqrt(D)"}
+    if "knn_top1" in m:
+        out["knn_top1"] = {"value": round(m["knn_top1"], 4), "dataset": config.monitor_data,
+                           "protocol": f"online weighted kNN (k={config.monitor_k}, T=0.07), every 5th image "
+                                       "per class held out"}
+    return out
+
+
+def describe_training(record: dict) -> str:
+    """A plain-words paragraph on how the model was trained."""
+    c = record["config"]
+    return (f"A Barlow Twins image encoder trained with btembed's `training` package, recipe `{record['recipe']}`: "
+            f"torchvision {c['architecture']} trunk with a {'-'.join(map(str, c['projector']))} projector "
+            f"(dropped at export), λ = {c['lambd']}, global batch {c['batch_size']}, {c['image_size']} px crops, "
+            f"{record['epochs_completed']} of {record['epochs']} epochs ({record['steps']} steps) on "
+            f"{record['data']}." + ("" if record["finished"] else
+                                    " The schedule was NOT completed: this is an intermediate model."))
+
+
+def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: str = "") -> Path:
+    """Write the run's trunk as a model folder that btembed.Embedder.from_pretrained loads."""
+    ck = load_checkpoint(run_dir)
+    if ck is None:
+        raise ConfigError(f"{run_dir} has no {CHECKPOINT}; pass the --out folder of a training run")
+    config = TrainConfig.from_dict(ck["config"])
+    input_size = config.export_input_size or config.image_size
+    resize = config.export_resize_size or round(input_size * 256 / 224)
+    record = training_record(ck, config)
+    model_config = ModelConfig(
+        architecture=config.architecture,
+        preprocess=PreprocessConfig(input_size=input_size, resize_size=resize, interpolation="bilinear",
+                                    mean=config.mean, std=config.std),
+        name=name or Path(out).name, license=license,
+        source={"kind": "btembed-training", "origin": "trained with btembed's training package",
+                "run": str(Path(run_dir).resolve()), "description": describe_training(record)},
+        training=record,
+        metrics=measured_metrics(ck, config),
+    )
+    encoder = Encoder(model_config)
+    encoder.trunk.load_state_dict(trunk_state(ck["model"]))
+    return encoder.save_pretrained(out)
+
+
+def describe(folder: str | Path) -> str:
+    """A one-line summary of an exported model folder."""
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    t = cfg.get("training", {})
+    return f"{folder}: {cfg['architecture']} {cfg['embedding_dim']}-d, recipe {t.get('recipe')}, {t.get('steps')} steps"

@@ -1,0 +1,303 @@
+"""The training loop: torchrun DDP, AMP, channels_last, exact checkpoint/resume, signals, health metrics."""
+from __future__ import annotations
+
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import ConfigError, TrainConfig
+from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch
+from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, teardown
+from .lars import LARS, lr_scale, param_groups, set_lr
+from .loss import BarlowTwinsLoss
+from .metrics import HealthLog
+from .model import BarlowTwins
+
+# Keys that may change when a run is resumed; everything else must match the checkpoint's config.
+RUNTIME_KEYS = {"num_workers", "log_every", "checkpoint_every", "max_steps", "compile", "monitor_data",
+                "monitor_every", "monitor_k", "description", "export_input_size", "export_resize_size",
+                "alarm_std", "alarm_rank", "rankme_samples"}
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGTERM/SIGUSR1 after writing a checkpoint."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint written, "
+                         "re-run the same command to resume")
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a config's amp mode on a device (None: full fp32)."""
+    if mode == "none":
+        return None
+    if mode == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def resume_config(new: TrainConfig | None, saved: dict, run_dir: Path) -> TrainConfig:
+    """The config of a resumed run: the saved one, with runtime keys taken from the new one if given."""
+    old = TrainConfig.from_dict(saved)
+    if new is None:
+        return old
+    changed = [k for k, v in new.to_dict().items() if k not in RUNTIME_KEYS and old.to_dict()[k] != v]
+    if changed:
+        k = changed[0]
+        raise ConfigError(f"{run_dir} holds a run started with {k}={old.to_dict()[k]!r}, not {new.to_dict()[k]!r}"
+                          f" (also differing: {', '.join(changed[1:]) or 'nothing else'}); resume with the same "
+                          "settings, or pass a new --out")
+    return old.replace(**{k: getattr(new, k) for k in RUNTIME_KEYS})
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGUSR1 into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+
+    def __enter__(self):
+        for s in STOP_SIGNALS:
+            self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def agreed(self, device) -> int:
+        """The signal any rank received (0 if none), the same on every rank."""
+        if not is_distributed():
+            return self.signum
+        flag = torch.tensor([self.signum], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGUSR1 to the main process, which checkpoints and shuts them down."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def _gather_rng() -> list:
+    """Every rank's RNG states, in rank order."""
+    state = rng_state()
+    if not is_distributed():
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+class Trainer:
+    """One run: build everything from a TrainConfig, resume if the run folder has a checkpoint, train."""
+
+    def __init__(self, config: TrainConfig | None, data: str | Path, out: str | Path, device: str = "auto",
+                 progress: bool | None = None):
+        self.rt: Runtime = setup(device)
+        self.run_dir = Path(out)
+        self.data = Path(data)
+        checkpoint = load_checkpoint(self.run_dir)
+        if checkpoint is None and config is None:
+            raise ConfigError(f"{self.run_dir} has no checkpoint to resume; pass --recipe to start a run")
+        self.config = resume_config(config, checkpoint["config"], self.run_dir) if checkpoint else config
+        self.checkpoint = checkpoint
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.files = list_images(self.data)
+        self._build()
+
+    def _build(self):
+        c, rt = self.config, self.rt
+        torch.manual_seed(c.seed)
+        random.seed(c.seed)
+        np.random.seed(c.seed)
+        model = BarlowTwins(c)
+        if rt.world_size > 1 and c.sync_bn:
+            model = convert_sync_batchnorm(model, rt.device)
+        model.to(rt.device)
+        if c.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        net = model
+        if rt.world_size > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        self.net = torch.compile(net) if c.compile else net
+        self.loss_fn = BarlowTwinsLoss(c.lambd)
+        batch_factor = c.batch_size / 256  # the paper's linear lr scaling
+        self.optimizer = LARS(param_groups(model, c.lr_weights * batch_factor, c.lr_biases * batch_factor),
+                              weight_decay=c.weight_decay, momentum=c.momentum, eta=c.lars_eta)
+        self.amp = amp_dtype(c.amp, rt.device)
+        # fp16 needs loss scaling; bf16 has fp32's exponent range and does not.
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=self.amp == torch.float16)
+        self.loader, self.sampler = make_loader(self.files, c, rt.rank, rt.world_size,
+                                                pin_memory=rt.device.type == "cuda")
+        self.loader.worker_init_fn = _ignore_stop_signals
+        self.steps_per_epoch = steps_per_epoch(len(self.files), c, rt.world_size)
+        self.total_steps = c.epochs * self.steps_per_epoch
+        self.warmup_steps = round(c.warmup_epochs * self.steps_per_epoch)
+        self.mean = torch.tensor(c.mean, device=rt.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(c.std, device=rt.device).view(1, 3, 1, 1)
+        self.step, self.bad_files, self.bad_examples, self.elapsed = 0, 0, [], 0.0
+        self.last_metrics: dict = {}
+        self.monitor = None
+        if c.monitor_data and rt.is_main:
+            from .monitor import KnnMonitor
+
+            self.monitor = KnnMonitor(c.monitor_data, c)
+        if self.checkpoint:
+            self._restore(self.checkpoint)
+
+    def _restore(self, ck: dict):
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        if ck["steps_per_epoch"] != self.steps_per_epoch:
+            raise DataError(f"{self.data} now gives {self.steps_per_epoch} steps per epoch, the run in "
+                            f"{self.run_dir} had {ck['steps_per_epoch']}; the data changed, so resume "
+                            "cannot continue the same schedule (pass a new --out)")
+        self.step = ck["step"]
+        self.bad_files, self.bad_examples = ck["data"]["bad_files"], list(ck["data"]["bad_examples"])
+        self.elapsed = ck["elapsed_s"]
+        self.last_metrics = dict(ck.get("metrics", {}))
+        states = ck["rng"]
+        set_rng_state(states[self.rt.rank % len(states)])
+
+    def state(self, finished: bool = False) -> dict:
+        """Everything needed to continue exactly here (tensors and primitives only)."""
+        rng = _gather_rng()
+        return {
+            "format": 1, "config": self.config.to_dict(), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "step": self.step, "epoch": self.step // self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "sampler": {"epoch": self.step // self.steps_per_epoch,
+                        "start": (self.step % self.steps_per_epoch) * (self.config.batch_size // self.rt.world_size),
+                        "seed": self.config.seed},
+            "rng": rng, "world_size": self.rt.world_size, "device": self.rt.device.type, "finished": finished, "elapsed_s": self.elapsed,
+            "metrics": self.last_metrics,
+            "data": {"path": str(self.data.resolve()), "images": len(self.files), "repeats": self.config.repeats,
+                     "bad_files": self.bad_files, "bad_examples": self.bad_examples[:20]},
+        }
+
+    def save(self, finished: bool = False) -> None:
+        """Checkpoint (all ranks take part in gathering RNG states; rank 0 writes)."""
+        state = self.state(finished)
+        if self.rt.is_main:
+            save_checkpoint(state, self.run_dir)
+
+    def train_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One optimizer step on a local batch of uint8 views; returns (loss, z1, trunk features)."""
+        rt, c = self.rt, self.config
+        set_lr(self.optimizer, lr_scale(self.step, self.total_steps, self.warmup_steps, c.final_lr_ratio))
+        x1 = normalize_views(x1.to(rt.device, non_blocking=True), self.mean, self.std, c.channels_last)
+        x2 = normalize_views(x2.to(rt.device, non_blocking=True), self.mean, self.std, c.channels_last)
+        with torch.autocast(rt.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            z1, z2, h1 = self.net(x1, x2)
+        loss = self.loss_fn(z1, z2)  # float32 inside, whatever autocast did
+        self.optimizer.zero_grad(set_to_none=True)
+        # One global loss, but DDP averages gradients over ranks: scale by world size to get its true gradient.
+        self.scaler.scale(loss * rt.world_size).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return float(loss.detach()), z1.detach(), h1
+
+    def fit(self) -> dict:
+        """Train until the schedule (or max_steps) ends; returns the last health record."""
+        c, rt = self.config, self.rt
+        if self.checkpoint and self.checkpoint.get("finished"):
+            self._say(f"{self.run_dir} is already finished ({self.step} steps); nothing to do")
+            return self.last_metrics
+        if rt.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        health = HealthLog(self.run_dir if rt.is_main else None, c, self.total_steps, write=self._say)
+        if rt.is_main:
+            health.truncate(self.step)
+            self._say(f"training {c.architecture} on {len(self.files)} images ({c.recipe}), {rt.world_size} "
+                      f"process(es) on {rt.device.type}, {self.total_steps} steps of global batch {c.batch_size}"
+                      + (f", resuming at step {self.step}" if self.step else ""))
+        last = self.total_steps if not c.max_steps else min(self.total_steps, c.max_steps)
+        with _StopFlag() as stop, tqdm(total=last, initial=self.step, disable=not (self.progress and rt.is_main),
+                                       unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
+            while self.step < last:
+                epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+                self.sampler.set_position(epoch, in_epoch * (c.batch_size // rt.world_size))
+                started, ran = time.perf_counter(), False
+                for x1, x2, bad in self.loader:
+                    ran = True
+                    self._note_bad(bad)
+                    if x1 is None:
+                        raise DataError(f"a whole batch of files under {self.data} was unreadable "
+                                        f"(e.g. {bad[0][0]}: {bad[0][1]}); clean the folder")
+                    loss, z1, h1 = self.train_step(x1, x2)
+                    bar.update(1)
+                    health.update(loss, self.loss_fn.parts, z1, h1, x1.shape[0] * rt.world_size, len(bad))
+                    end_of_epoch = self.step % self.steps_per_epoch == 0
+                    if self.step % c.log_every == 0 or end_of_epoch or self.step == last:
+                        extra = self._monitor() if end_of_epoch and self._monitor_due() else None
+                        self.last_metrics = health.emit(self.step, epoch, self.optimizer.param_groups[0]["lr"], extra)
+                        bar.set_postfix(loss=f"{self.last_metrics['loss']:.1f}",
+                                        rank=f"{self.last_metrics['rankme']:.0f}")
+                    signum = stop.agreed(rt.device)
+                    periodic = c.checkpoint_every and self.step % c.checkpoint_every == 0
+                    if periodic or end_of_epoch or signum or self.step >= last:
+                        self.elapsed += time.perf_counter() - started
+                        started = time.perf_counter()
+                        self.save(finished=self.step >= self.total_steps)
+                    if signum:
+                        raise Interrupted(signum, self.step)
+                    if end_of_epoch or self.step >= last:
+                        break
+                if not ran:
+                    raise DataError(f"the loader of {self.data} gave no batch at step {self.step}")
+        self._say(f"done: {self.step} steps in {self.elapsed / 60:.1f} min; checkpoint in {self.run_dir}")
+        return self.last_metrics
+
+    def _note_bad(self, bad: list) -> None:
+        for path, cause in bad:
+            self.bad_files += 1
+            if len(self.bad_examples) < 20:
+                self.bad_examples.append(f"{path}: {cause}")
+                self._say(f"skipping unreadable file {path}: {cause}")
+
+    def _monitor_due(self) -> bool:
+        epoch_done = self.step // self.steps_per_epoch
+        return self.monitor is not None and epoch_done % self.config.monitor_every == 0
+
+    def _monitor(self) -> dict:
+        return self.monitor(self.model.trunk, self.rt.device, self.amp)
+
+    def _say(self, text: str) -> None:
+        if self.rt.is_main:
+            tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        """Leave the process group."""
+        teardown()
+
+
+def fit(config: TrainConfig | None, data, out, device: str = "auto", progress: bool | None = None) -> dict:
+    """Train (or resume) a run in folder `out` on the images under `data`; returns the last health record."""
+    trainer = Trainer(config, data, out, device=device, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

@@ -1,0 +1,68 @@
+"""Barlow Twins loss, paper-exact, with global-batch statistics and correct gradients under DDP.
+
+Over all processes' samples (N in total) each view is standardized along the batch by its own statistics
+(BatchNorm1d(affine=False) in training mode: biased variance, eps 1e-5), then
+    c = z1ᵀ z2 / N,   loss = Σ_i (1 − c_ii)² + λ Σ_{i≠j} c_ij²,
+always in float32, even under autocast.
+
+Why two different reductions: every process ends up computing the same scalar loss from the same summed c.
+- c = Σ_ranks c_r feeds identical code on every rank, so ∂loss/∂c_r = ∂loss/∂c on each rank: its reduction's
+  backward is the identity (`sum_identity_grad`). The official code's plain all_reduce gives the same
+  per-rank gradient, but DDP then averages over ranks, scaling every weight gradient by 1/world_size.
+- The batch mean and variance are also sums over ranks, but each rank uses them only on its own rows, so
+  ∂loss/∂stat is the sum of all ranks' parts: its reduction's backward is an all_reduce
+  (`sum_all_reduce_grad`), exactly what SyncBatchNorm does.
+With both, the gradient w.r.t. each rank's z1, z2 equals the single-process gradient on the concatenated
+batch (tested). DDP then averages parameter gradients over ranks, so the loop multiplies the loss by the
+world size before backward (see loop.py) to recover the true gradient of the one global loss.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .distributed import sum_all_reduce_grad, sum_identity_grad
+
+EPS = 1e-5  # BatchNorm1d's default
+
+
+def global_standardize(z1: torch.Tensor, z2: torch.Tensor, eps: float = EPS):
+    """Standardize each view along the global batch by its own mean/variance; returns (z1n, z2n, N)."""
+    n_local = torch.tensor([float(z1.shape[0])], device=z1.device)
+    # One reduction for both views' sums and the sample count, one for the centred squares (two-pass: stable).
+    sums = sum_all_reduce_grad(torch.cat([z1.sum(0), z2.sum(0), n_local]))
+    d = z1.shape[1]
+    n = sums[-1].detach()
+    mean1, mean2 = sums[:d] / n, sums[d:2 * d] / n
+    c1, c2 = z1 - mean1, z2 - mean2
+    squares = sum_all_reduce_grad(torch.cat([c1.pow(2).sum(0), c2.pow(2).sum(0)]))
+    var1, var2 = squares[:d] / n, squares[d:] / n
+    return c1 * torch.rsqrt(var1 + eps), c2 * torch.rsqrt(var2 + eps), n
+
+
+def off_diagonal(x: torch.Tensor) -> torch.Tensor:
+    """The off-diagonal elements of a square matrix, flattened."""
+    n = x.shape[0]
+    return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+class BarlowTwinsLoss(nn.Module):
+    """loss(z1, z2) → scalar; `parts` keeps the last on/off-diagonal terms (detached) for health logging."""
+
+    def __init__(self, lambd: float = 0.0051, eps: float = EPS):
+        super().__init__()
+        self.lambd = lambd
+        self.eps = eps
+        self.parts: dict[str, float] = {}
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """Projector outputs of the two views [n_local, D] → the Barlow Twins loss of the global batch."""
+        device_type = z1.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            z1n, z2n, n = global_standardize(z1.float(), z2.float(), self.eps)
+            c = sum_identity_grad(z1n.T @ z2n / n)
+            on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+            off_diag = off_diagonal(c).pow(2).sum()
+            loss = on_diag + self.lambd * off_diag
+        self.parts = {"on_diag": on_diag.detach(), "off_diag": off_diag.detach()}
+        return loss

@@ -1,0 +1,38 @@
+"""The trained network: a btembed.Encoder trunk followed by the Barlow Twins projector head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from btembed import Encoder
+from btembed.config import ModelConfig
+
+from .config import TrainConfig
+
+
+class ProjectorHead(nn.Sequential):
+    """Linear(no bias)-BN-ReLU for every layer but the last, then a plain Linear(no bias), as the paper."""
+
+    def __init__(self, in_dim: int, sizes: list[int]):
+        dims = [in_dim, *sizes]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-2], dims[1:-1]):
+            layers += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-2], dims[-1], bias=False))
+        super().__init__(*layers)
+
+
+class BarlowTwins(nn.Module):
+    """(view1, view2) → (z1, z2, trunk features of view1); the views pass separately so BN never pools them."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        model_config = ModelConfig(architecture=config.architecture)
+        self.trunk = Encoder(model_config, zero_init_residual=config.zero_init_residual)
+        self.projector = ProjectorHead(model_config.embedding_dim, config.projector)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+        h1 = self.trunk(x1)
+        z1 = self.projector(h1)
+        z2 = self.projector(self.trunk(x2))
+        return z1, z2, h1.detach()
