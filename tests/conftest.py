@@ -22,6 +22,20 @@ def skimage_photos() -> dict[str, np.ndarray]:
     return {name: getattr(data, name)() for name in PHOTO_NAMES}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def btembed_cache(tmp_path_factory):
+    """Keep ONNX exports of test models out of ~/.cache (subprocesses inherit the variable)."""
+    import os
+
+    old = os.environ.get("BTEMBED_CACHE")
+    os.environ["BTEMBED_CACHE"] = str(tmp_path_factory.mktemp("btembed-cache"))
+    yield
+    if old is None:
+        os.environ.pop("BTEMBED_CACHE", None)
+    else:
+        os.environ["BTEMBED_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def photos_dir(tmp_path_factory):
     """A folder with six real photos as JPEG files."""

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from btembed import Embedder, ModelError
+from btembed.backends import auto_backend
 from btembed.backends import onnx as onnx_backend
 from btembed.backends.onnx import OnnxBackend, pick_providers
 from btembed.cli import main
@@ -164,6 +165,14 @@ def test_export_cache_reused_and_read_only_falls_back(tmp_path, monkeypatch, use
     # A Hugging Face cache snapshot is never written into, even though it is writable.
     snapshot = Path(shutil.copytree(readonly, tmp_path / "hub" / "models--org--m" / "snapshots" / "abc"))
     assert OnnxBackend(snapshot, config).path == fallback and not (snapshot / ".onnx-cache").exists()
+    # A cached export never hides damaged weights: the folder is checked as the torch backend checks it.
+    damaged = Path(shutil.copytree(folder, tmp_path / "damaged"))
+    with open(damaged / "model.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\0\0\0\0")
+    assert (damaged / ".onnx-cache" / first.name).is_file()
+    with pytest.raises(ModelError, match="corrupt"):
+        OnnxBackend(damaged, config)
 
 
 def test_int8_export_close_to_fp32(tmp_path, photos_dir, photo_paths, capsys):
@@ -202,6 +211,11 @@ def test_cli_errors(tmp_path, capsys):
     assert "no readable images" in capsys.readouterr().err
     assert main(["export", str(folder), "--onnx", str(tmp_path / "x.onnx"), "--opset", "13"]) == 1
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_auto_backend_choice():
+    assert auto_backend("cpu", "fp32") == "onnx"  # measured faster at parity: docs/onnx.md
+    assert auto_backend("cpu", "bf16") == "torch" and auto_backend("cuda", "fp32") == "torch"
 
 
 def test_precision_and_providers(tiny_model_dir):

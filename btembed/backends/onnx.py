@@ -107,6 +107,8 @@ def cache_candidates(folder: Path, config: ModelConfig) -> list[Path]:
 
 def cached_export(folder: Path, config: ModelConfig) -> Path:
     """The path of this model's fp32 ONNX export, exporting it once (atomically) when no cache has it."""
+    # The cache is keyed on the recorded hash, so check the weights really are those (as the torch backend does).
+    verify_file(folder, config, WEIGHTS_FILE)
     candidates = cache_candidates(folder, config)
     for path in candidates:
         if path.is_file():
