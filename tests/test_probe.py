@@ -180,3 +180,19 @@ def test_library_on_a_feature_matrix():
     train = np.array([[1.0, 0.0], [0.9, 0.3], [0.9, 0.35], [0.9, 0.4], [0.0, 1.0], [-1.0, 0.0]])
     scores = knn_scores(train, np.array([0, 1, 1, 1, 0, 2]), np.array([[1.0, 0.0]]), 3, k=5, weighted=False)
     assert scores.argmax() == 1
+
+
+def test_reuses_the_index_catalog(shapes_dir, tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "indexed"
+    shutil.copytree(shapes_dir, data)
+    assert main(["index", str(data), "--model", str(tiny_model_dir)]) == 0
+    capsys.readouterr()
+    # One file changes after indexing: its stored vector is stale and must be recomputed.
+    Image.new("RGB", (80, 80), (220, 40, 40)).save(data / "red_circle" / "000.png")
+    args = ["probe", str(data), "--model", str(tiny_model_dir), "--json", "--workers", "0"]
+    reused = run_json(capsys, args)
+    fresh = run_json(capsys, args + ["--no-catalog"])
+    assert reused["dataset"]["from_catalog"] == 119 and fresh["dataset"]["from_catalog"] == 0
+    # The catalog stores float16 vectors, so the numbers may differ by a hair, not more.
+    assert abs(reused["linear"]["top1"] - fresh["linear"]["top1"]) <= 0.02
+    assert abs(reused["knn"]["top1"] - fresh["knn"]["top1"]) <= 0.02
