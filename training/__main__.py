@@ -105,7 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point; user errors print one line and exit 1."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may come before or after the options: argparse leaves the later ones unparsed.
+    args, extra = parser.parse_known_args(argv)
+    late = [x for x in extra if "=" in x and not x.startswith("-")]
+    if len(late) != len(extra) or (late and args.command != "fit"):
+        parser.error(f"unrecognized arguments: {' '.join(x for x in extra if x not in late) or ' '.join(late)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
     try:
         return args.func(args)
     except BtembedError as e:

@@ -30,13 +30,14 @@ def labeled_files(folder: str | Path) -> tuple[list[Path], list[int], list[str]]
 
 
 def split_every(labels: list[int], every: int = 5) -> np.ndarray:
-    """Boolean mask of query samples: every `every`-th file of each class (deterministic)."""
-    seen: dict[int, int] = {}
-    mask = []
-    for y in labels:
-        seen[y] = seen.get(y, 0) + 1
-        mask.append(seen[y] % every == 0)
-    return np.array(mask)
+    """Boolean mask of query samples: every `every`-th file of each class, and at least one per class of 2+."""
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), dtype=bool)
+    for y in np.unique(labels):
+        where = np.flatnonzero(labels == y)
+        if len(where) >= 2:
+            mask[where[every - 1::every] if len(where) >= every else where[-1:]] = True
+    return mask
 
 
 def weighted_knn(bank: torch.Tensor, bank_y: torch.Tensor, query: torch.Tensor, n_classes: int, k: int = 20,

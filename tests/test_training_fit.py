@@ -1,0 +1,178 @@
+"""python -m training fit/export end to end on 24 tiny photos: export loads, resume after SIGKILL and SIGTERM."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import skimage_photos
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+# The reference run: cpu-tiny for 4 epochs of 3 steps; the resume tests use the same settings.
+TINY = ["--recipe", "cpu-tiny", "epochs=4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """24 small photos (4 crops of each of 6 photos, also as 6 labeled classes) plus 2 unreadable files."""
+    root = tmp_path_factory.mktemp("train")
+    photos, labeled = root / "photos", root / "labeled"
+    for name, pixels in skimage_photos().items():
+        image = Image.fromarray(pixels)
+        w, h = image.size
+        (labeled / name).mkdir(parents=True)
+        for k in range(4):
+            crop = image.crop((k * w // 8, k * h // 8, w - k * w // 10, h - k * h // 10)).resize((72, 60))
+            sub = photos / ("a" if k % 2 else "b")  # nested folders: the search is recursive
+            sub.mkdir(parents=True, exist_ok=True)
+            crop.save(sub / f"{name}_{k}.jpg", quality=90)
+            crop.save(labeled / name / f"{k}.png")
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "b" / "notes.png").write_bytes(b"this is not an image")
+    return photos, labeled
+
+
+def run(args, **kwargs):
+    """python -m training ... in the repo, returning the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def losses(run_dir: Path) -> dict:
+    """step → loss from a run's metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), f"steps repeated or out of order: {steps}"
+    return {r["step"]: r["loss"] for r in records}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_data, tmp_path_factory):
+    """An uninterrupted cpu-tiny run with the kNN monitor on."""
+    photos, labeled = tiny_data
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    proc = run(["fit", *TINY, "--data", str(photos), "--out", str(out), f"monitor_data={labeled}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_fit_logs_health_and_counts_bad_files(reference_run):
+    out, proc = reference_run
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 13))
+    for r in records:
+        assert np.isfinite(r["loss"]) and abs(r["loss"] - (r["on_diag"] + 0.0051 * r["off_diag"])) < 1e-3 * r["loss"]
+        assert r["samples_per_s"] > 0 and 0 < r["rankme"] <= r["rankme_max"] and r["feat_std"] > 0
+    assert records[0]["lr"] == 0.0 and records[2]["lr"] > 0  # warm-up starts at zero
+    assert "knn_top1" in records[2] and 0.0 <= records[2]["knn_top1"] <= 1.0  # epoch end: monitor ran
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)  # only tensors and plain values inside
+    assert ck["finished"] and ck["step"] == 12 and ck["data"]["images"] == 26
+    # Each epoch drops 2 of the 26 files (incomplete last batch), so the bad ones are seen up to 8 times.
+    bad = sum(r["bad_files"] for r in records)
+    assert 1 <= bad <= 8 and ck["data"]["bad_files"] == bad
+    assert "skipping unreadable file" in proc.stderr and "COLLAPSE" not in proc.stderr
+
+
+def test_export_loads_in_embedder(reference_run, tiny_data, tmp_path):
+    from btembed import Embedder
+
+    out, _ = reference_run
+    proc = run(["export", str(out), "--out", str(tmp_path / "model"), "--name", "test/tiny"])
+    assert proc.returncode == 0, proc.stderr
+    embedder = Embedder.from_pretrained(tmp_path / "model", device="cpu")
+    photos = sorted(tiny_data[0].rglob("*.jpg"))[:5]
+    vectors = embedder.embed([p for p in photos if p.stat().st_size])
+    assert vectors.shape[1] == 512 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["name"] == "test/tiny" and config["preprocess"]["input_size"] == 32
+    assert config["training"]["recipe"] == "cpu-tiny" and config["training"]["epochs"] == 4
+    assert config["training"]["steps"] == 12 and config["training"]["finished"]
+    assert config["training"]["config"]["projector"] == [64, 64]
+    assert "train_loss" in config["metrics"] and "knn_top1" in config["metrics"]
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "library_name: btembed" in card and "cpu-tiny" in card
+
+
+def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 240) -> None:
+    path = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and any(json.loads(line)["step"] >= step for line in path.read_text().splitlines()
+                                  if line.strip()):
+            return
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not reach step {step}")
+
+
+def test_resume_after_sigkill_reproduces_losses(reference_run, tiny_data, tmp_path):
+    photos, _ = tiny_data
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "training", "fit", *TINY, "--data", str(photos), "--out",
+                             str(out)], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_step(out, proc, 5)
+    proc.kill()  # SIGKILL: no chance to checkpoint; the last periodic checkpoint (step 4, mid-epoch) counts
+    proc.wait()
+    resumed = run(["fit", *TINY, "--data", str(photos), "--out", str(out)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    start = int(re.search(r"resuming at step (\d+)", resumed.stderr).group(1))
+    assert 4 <= start < 12
+    expected, got = losses(reference_run[0]), losses(out)
+    assert sorted(got) == list(range(1, 13))
+    for step in range(1, 13):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), step
+
+
+def test_sigterm_checkpoints_then_resumes(tiny_data, tmp_path):
+    photos, _ = tiny_data
+    out = tmp_path / "terminated"
+    args = ["--recipe", "cpu-tiny", "epochs=50", "checkpoint_every=1000"]
+    proc = subprocess.Popen([sys.executable, "-m", "training", "fit", *args, "--data", str(photos), "--out",
+                             str(out)], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_step(out, proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    stopped = ck["step"]
+    assert stopped >= 2 and not ck["finished"] and max(losses(out)) == stopped
+    # Resume without --recipe: the saved config is used; max_steps is a runtime key and may change.
+    resumed = run(["fit", "--data", str(photos), "--out", str(out), f"max_steps={stopped + 2}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == stopped + 2
+    assert sorted(losses(out)) == list(range(1, stopped + 3))
+    # A different recipe setting on the same run folder is refused with one clear line.
+    refused = run(["fit", *args, "lr_weights=0.5", "--data", str(photos), "--out", str(out)])
+    assert refused.returncode == 1 and "lr_weights" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_linear_eval_paper_protocol_at_tiny_size(reference_run, tiny_data, tmp_path):
+    from training.linear_eval import LinearEvalConfig, linear_eval
+
+    model = tmp_path / "model"
+    assert run(["export", str(reference_run[0]), "--out", str(model)]).returncode == 0
+    labeled = tiny_data[1]
+    proc = run(["linear-eval", str(model), "--data", str(labeled), "--epochs", "2", "--batch-size", "8",
+                "--workers", "0", "--json", "--record"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["classes"] == 6 and result["val_images"] == 6 and result["train_images"] == 18
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    recorded = json.loads((model / "config.json").read_text())["metrics"]["linear_top1_labeled"]
+    assert recorded["value"] == round(result["top1"], 4) and "frozen trunk" in recorded["protocol"]
+    # Frozen features, classifier only: crops of 6 distinct photos are linearly separable.
+    fast = linear_eval(model, labeled, config=LinearEvalConfig(epochs=30, batch_size=8, num_workers=0,
+                                                               augment=False), device="cpu")
+    assert fast["top1"] >= 0.5
