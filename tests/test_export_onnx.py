@@ -193,9 +193,10 @@ def test_int8_export_close_to_fp32(tmp_path, photos_dir, photo_paths, capsys):
     fp32 = Embedder.from_pretrained(folder, backend="torch", device="cpu").backend(pixels)
     np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
     assert compare(int8, fp32)["min_cosine"] > 0.98
-    # The folder's model.int8.onnx is what precision="int8" runs.
+    # The folder's model.int8.onnx is what precision="int8" runs (backend "auto" routes int8 to onnx).
     shutil.copy(out, folder / "model.int8.onnx")
-    backend = OnnxBackend(folder, config, precision="int8")
+    backend = Embedder.from_pretrained(folder, precision="int8", device="cpu").backend
+    assert backend.name == "onnx" and backend.path == folder / "model.int8.onnx"
     np.testing.assert_allclose(backend(pixels), int8, atol=1e-6)
 
 
@@ -216,6 +217,7 @@ def test_cli_errors(tmp_path, capsys):
 def test_auto_backend_choice():
     assert auto_backend("cpu", "fp32") == "onnx"  # measured faster at parity: docs/onnx.md
     assert auto_backend("cpu", "bf16") == "torch" and auto_backend("cuda", "fp32") == "torch"
+    assert auto_backend("auto", "int8") == "onnx"
 
 
 def test_precision_and_providers(tiny_model_dir):

@@ -27,6 +27,8 @@ def auto_backend(device: str, precision: str) -> str:
     import importlib.util
     import os
 
+    if precision == "int8":
+        return "onnx"  # int8 exists only as an ONNX file
     if precision != "fp32" or device not in ("auto", "cpu") or importlib.util.find_spec("onnxruntime") is None:
         return "torch"
     # With an NVIDIA GPU, 'auto' means that GPU, which torch serves (checked without importing torch).

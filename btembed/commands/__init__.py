@@ -41,7 +41,8 @@ def add_model_args(parser) -> None:
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) to pin")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8"),
+                        help="int8 runs the model folder's model.int8.onnx (onnx backend)")
 
 
 def load_embedder(args):
