@@ -50,6 +50,7 @@ def run(args, **kwargs):
 def losses(run_dir: Path) -> dict:
     """step → loss from a run's metrics.jsonl."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if "loss" in r]
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps)), f"steps repeated or out of order: {steps}"
     return {r["step"]: r["loss"] for r in records}
@@ -68,6 +69,8 @@ def reference_run(tiny_data, tmp_path_factory):
 def test_fit_logs_health_and_counts_bad_files(reference_run):
     out, proc = reference_run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    baseline = records.pop(0)  # the kNN monitor's random-init score, before step 1
+    assert baseline["step"] == 0 and 0.0 <= baseline["knn_top1"] <= 1.0
     assert [r["step"] for r in records] == list(range(1, 13))
     for r in records:
         assert np.isfinite(r["loss"]) and abs(r["loss"] - (r["on_diag"] + 0.0051 * r["off_diag"])) < 1e-3 * r["loss"]

@@ -235,6 +235,8 @@ class Trainer:
                       f"process(es) on {rt.device.type}, {self.total_steps} steps of global batch {c.batch_size}"
                       + (f", resuming at step {self.step}" if self.step else ""))
         last = self.total_steps if not c.max_steps else min(self.total_steps, c.max_steps)
+        if self.step == 0 and self.monitor is not None:  # the random-init baseline the monitor is compared to
+            health.note({"step": 0, "epoch": 0, **self._monitor()})
         with _StopFlag() as stop, tqdm(total=last, initial=self.step, disable=not (self.progress and rt.is_main),
                                        unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
             while self.step < last:

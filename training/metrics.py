@@ -69,6 +69,13 @@ class HealthLog:
                 self.features = self.features[i:]
                 break
 
+    def note(self, record: dict) -> None:
+        """Write a record that is not an interval summary (e.g. the kNN accuracy before training)."""
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({**record, "time": time.time()}) + "\n")
+        self.write(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+
     def emit(self, step: int, epoch: int, lr: float, extra: dict | None = None) -> dict:
         """Write the interval's record and console line; returns the record."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
