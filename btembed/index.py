@@ -123,12 +123,19 @@ class ImageIndex:
     def open(cls, path: str | os.PathLike, *, db: str | os.PathLike | None = None, embedder=None) -> "ImageIndex":
         """Open the index of a photo folder (or an index folder / --db); a stale FAISS file is brought up to date."""
         store = locate_store(path, db)
+        if not (store / CATALOG_FILE).is_file():
+            raise CatalogError(f"{path} has no btembed index (no {store / CATALOG_FILE}); run `btembed index "
+                               f"{path}` first" + (" with the same --db" if db is not None else ""))
         catalog = Catalog.open(store / CATALOG_FILE)
         if catalog.dim is None:
             raise CatalogError(f"{store} holds no indexed images yet; run `btembed index` on the folder first")
+        ann = None
         if index_is_current(catalog, store):
-            ann, _ = AnnIndex.load(store / INDEX_FILE)
-        else:
+            try:
+                ann, _ = AnnIndex.load(store / INDEX_FILE)
+            except (OSError, ValueError):
+                ann = None  # damaged after its header: rebuilt below
+        if ann is None:
             # Save the refreshed index only when no writer is busy; otherwise just use it in memory.
             lock = WriterLock(store)
             try:
