@@ -1,0 +1,120 @@
+"""Ship a finished run as the embedded default model: btembed/weights/NAME in the hub layout, registered as default.
+
+python -m training.ship_default RUN --name btembed/default-r18 --eval DEV_EVAL.json --data-manifest MANIFEST.json
+Weights are stored in fp16 (half the package size) only if embeddings stay within 1e-3 of fp32; the dev-set
+table from `python -m training.dev_eval` goes into config.json metrics and the card.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from btembed import Embedder, Encoder
+from btembed.card import render_card
+from btembed.config import ModelConfig
+from btembed.hub import embedded_dir
+
+from .dev_eval import markdown
+from .export import export_run
+
+FP16_TOLERANCE = 1e-3
+LIMITS = (
+    "A small ResNet-18 trained for about an hour on two CPU cores, on ~4,400 public images (wallpapers, nebula "
+    "photos, game textures, clip-art, animal photos): useful for near-duplicates and visual similarity of "
+    "colour, texture and layout, far weaker on object semantics than btembed/r50 (ImageNet-scale training).",
+    "Input is 112 px: fine detail in large photos is not seen.",
+)
+
+
+def photo_sample() -> list[np.ndarray]:
+    """Real photos for the fp16 check: scikit-image's bundled ones if installed, else synthetic gradients."""
+    try:
+        from skimage import data
+
+        return [getattr(data, n)() for n in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")]
+    except ImportError:
+        rng = np.random.default_rng(0)
+        return [rng.integers(0, 256, (300, 400, 3), dtype=np.uint8) for _ in range(5)]
+
+
+def data_summary(manifest: dict) -> dict:
+    """Per-source counts, versions and licences from the offline_photos manifest."""
+    sources = manifest.get("sources", {})
+    return {name: {"package": s.get("package"), "version": s.get("version"), "licence": s.get("licence"),
+                   "count": s.get("file_count")} for name, s in sources.items()}
+
+
+def dev_metrics(rows: list[dict]) -> dict:
+    """Dev-set rows → config.json metrics in the card's {value, dataset, protocol} form."""
+    metrics = {}
+    for r in rows:
+        for key, label in (("linear_top1", "linear top-1"), ("knn_top1", "weighted kNN top-1")):
+            metrics[f"dev/{r['task']}/{r['features']}/{key}"] = {
+                "value": round(r[key], 4), "dataset": f"btembed dev set: {r['task']} ({r['images']} images)",
+                "protocol": f"{label}, 5-fold stratified; command: {r['command']}"}
+    return metrics
+
+
+def main(argv=None) -> int:
+    """Export, shrink to fp16 if harmless, write card + config, register as the embedded default."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--name", default="btembed/default-r18")
+    ap.add_argument("--folder", default="default-r18", help="folder under btembed/weights")
+    ap.add_argument("--eval", type=Path, required=True, help="JSON written by python -m training.dev_eval --out")
+    ap.add_argument("--data-manifest", type=Path, required=True, help="manifest.json of training.offline_photos")
+    ap.add_argument("--license", default="other")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_dir = export_run(args.run, Path(tmp) / "fp32", name=args.name, license=args.license)
+        photos = photo_sample()
+        fp32 = Embedder.from_pretrained(fp32_dir, backend="torch").embed(photos)
+        config = ModelConfig.load(fp32_dir)
+        evaluation = json.loads(args.eval.read_text())
+        manifest = json.loads(args.data_manifest.read_text())
+        config.metrics.update(dev_metrics(evaluation["rows"]))
+        config.training["data_sources"] = data_summary(manifest)
+        config.training["limits"] = list(LIMITS)
+        target = embedded_dir() / args.folder
+        staging = Path(tmp) / "ship"
+        encoder = Encoder.from_pretrained(fp32_dir)
+        encoder.config = config
+        encoder.save_pretrained(staging, dtype=torch.float16)
+        half = Embedder.from_pretrained(staging, backend="torch").embed(photos)
+        drift = float(np.abs(half - fp32).max())
+        print(f"fp16 storage: max |Δ| of unit embeddings vs fp32 = {drift:.2e}", file=sys.stderr)
+        if drift > FP16_TOLERANCE:
+            print("fp16 drifts too far; storing fp32", file=sys.stderr)
+            encoder.save_pretrained(staging)
+        config = ModelConfig.load(staging)
+        config.training["weights_storage"] = f"fp16 (max |Δ| vs fp32 embeddings {drift:.1e})" \
+            if drift <= FP16_TOLERANCE else "fp32"
+        config.save(staging)
+        card = render_card(config)
+        dev_table = markdown(evaluation["rows"])
+        extra = ("\n## Development-set evaluation\n\nTrained model vs the same architecture at random init vs raw "
+                 "32×32 pixels, same protocol (`btembed probe`, 5-fold stratified; accuracies in %). The dev set "
+                 "is built by `python -m training.devset` from allowed Debian packages and held out of training.\n\n"
+                 + dev_table + "\n\n## Training data\n\n| source | package | version | licence | images |\n"
+                 "|---|---|---|---|---|\n"
+                 + "\n".join(f"| {k} | {v.get('package', '')} | {v.get('version', '')} | {v.get('licence', '')} | "
+                             f"{v.get('count', '')} |" for k, v in config.training["data_sources"].items()) + "\n")
+        card = card.replace("\n## How to use\n", extra + "\n## How to use\n", 1)
+        (staging / "README.md").write_text(card)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(staging, target)
+    print(f"shipped {args.name} → {target}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
