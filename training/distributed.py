@@ -52,44 +52,32 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class _SumIdentityGrad(torch.autograd.Function):
-    """Sum over ranks; the gradient passes through unchanged."""
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient either passes through unchanged or is summed over ranks too."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, sum_grad: bool):
+        ctx.sum_grad = sum_grad
         x = x.clone()
         dist.all_reduce(x)
         return x
 
     @staticmethod
     def backward(ctx, grad):
-        return grad
-
-
-class _SumSumGrad(torch.autograd.Function):
-    """Sum over ranks; the gradient is summed over ranks too (torch.distributed.nn's all_reduce, not deprecated)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
+        if ctx.sum_grad:  # torch.distributed.nn's all_reduce semantics, without its deprecation
+            grad = grad.clone()
+            dist.all_reduce(grad)
+        return grad, None
 
 
 def sum_identity_grad(x: torch.Tensor) -> torch.Tensor:
     """Σ over ranks, for a result every rank then uses identically (its gradient is already the full one)."""
-    return _SumIdentityGrad.apply(x) if is_distributed() else x
+    return _AllReduceSum.apply(x, False) if is_distributed() else x
 
 
 def sum_all_reduce_grad(x: torch.Tensor) -> torch.Tensor:
     """Σ over ranks, for a result each rank uses on its own rows (its gradient is summed over ranks too)."""
-    return _SumSumGrad.apply(x) if is_distributed() else x
+    return _AllReduceSum.apply(x, True) if is_distributed() else x
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,6 @@ def register(sub) -> None:
                                    "row per embedded file) and OUT.json (the paths of those rows, and failures).")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("-o", "--output", required=True, help="output .npy file")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: automatic)")
     p.add_argument("--no-normalize", action="store_true", help="keep raw (not L2-normalized) features")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_model_args(p)

@@ -20,8 +20,6 @@ def register(sub) -> None:
                    help="discard the catalog and embed everything again (needed to switch models)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another running index of the same folder (default: exit at once)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: automatic)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     add_model_args(p)
     p.set_defaults(run=run)

@@ -13,8 +13,6 @@ def register(sub) -> None:
     p.add_argument("classifier", help="folder written by btembed probe --save")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: automatic)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON on stdout")
     add_model_args(p)
     p.set_defaults(run=run)

@@ -29,8 +29,6 @@ def register(sub) -> None:
                    help="also fit on all images (train/ in the train/val layout) and save the classifier here")
     p.add_argument("--no-catalog", action="store_true",
                    help="embed every image even when DIR/.btembed (from btembed index) holds its vectors")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: automatic)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     add_model_args(p)
     p.set_defaults(run=run)
