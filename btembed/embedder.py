@@ -11,7 +11,7 @@ import numpy as np
 
 from .backends import load_backend
 from .config import ModelConfig
-from .errors import ImageError
+from .errors import ImageError, ModelError
 from .hub import resolve_model
 from .preprocess import PreprocessConfig, load_pixels
 
@@ -45,9 +45,45 @@ class _DecodeDataset:
             return i, None, (e.path, e.cause)
 
 
+def _stack(pixels: list):
+    """One batch from per-item pixels: numpy arrays, or torch tensors left on their device (device decode)."""
+    if pixels and type(pixels[0]).__module__.startswith("torch"):
+        import torch
+
+        return torch.stack(pixels)
+    return np.stack(pixels)
+
+
 def _collate(samples):
     """Keep the batch as a plain list; stacking happens after bad items are dropped."""
     return samples
+
+
+def _threaded_batches(dataset: _DecodeDataset, batch_size: int, workers: int, prefetch: int) -> Iterator[list]:
+    """Batches decoded by a thread pool, at most prefetch batches ahead of the consumer, in order."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = iter(range(0, len(dataset), batch_size))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="btembed-decode")
+    pending: deque = deque()
+
+    def submit() -> None:
+        start = next(starts, None)
+        if start is not None:
+            stop = min(start + batch_size, len(dataset))
+            pending.append([pool.submit(dataset.__getitem__, i) for i in range(start, stop)])
+
+    try:
+        for _ in range(max(1, prefetch)):
+            submit()
+        while pending:
+            futures = pending.popleft()
+            submit()  # keep the workers busy while the consumer runs the model on this batch
+            yield [f.result() for f in futures]
+    finally:
+        # A consumer that stops early (error, break) must not leave decodes running in the background.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_num_workers(n_items: int, batch_size: int) -> int:
@@ -59,6 +95,13 @@ def default_num_workers(n_items: int, batch_size: int) -> int:
 
 class Embedder:
     """Turns images into L2-normalized float32 vectors with a pretrained Barlow Twins encoder."""
+
+    # How decoding overlaps the model (bench/pipeline.py measured both on 2 cores, see bench/README.md):
+    # "thread" (Pillow and onnxruntime release the GIL; no torch import, no pickling of pixels) or "process"
+    # (torch DataLoader workers) or "device" (torchvision decode_jpeg + resize on the torch backend's device:
+    # nvjpeg on a GPU). prefetch = batches decoded ahead, which bounds memory by batch size.
+    decode_pool = "thread"
+    prefetch = 2
 
     def __init__(self, backend, config: ModelConfig, folder: Path | None = None):
         self.backend = backend
@@ -103,23 +146,42 @@ class Embedder:
                 good = [k for k, (_, pixels, _) in enumerate(samples) if pixels is not None]
                 vectors = np.full((len(samples), self.dim), np.nan, dtype=np.float32)
                 if good:
-                    vectors[good] = self.backend(np.stack([samples[k][1] for k in good]), normalize=normalize)
+                    vectors[good] = self.backend(_stack([samples[k][1] for k in good]), normalize=normalize)
                 errors = [ImageError(*cause) if cause else None for _, _, cause in samples]
                 bar.update(len(samples))
                 yield EmbeddedBatch([items[i] for i in positions], vectors, errors)
 
     def _decoded_batches(self, dataset: _DecodeDataset, batch_size: int, workers: int) -> Iterator[list]:
-        """Decoded samples in batches: inline for small jobs, else DataLoader workers overlapping the model."""
+        """Decoded samples in batches: inline for small jobs, else decode workers running ahead of the model."""
+        if self.decode_pool == "device":
+            yield from self._device_batches(dataset, batch_size)
+            return
         if workers == 0:
             # No torch import on this path: a one-image search with the ONNX backend starts fast.
             for start in range(0, len(dataset), batch_size):
                 yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             return
+        if self.decode_pool == "thread":
+            yield from _threaded_batches(dataset, batch_size, workers, self.prefetch)
+            return
         import torch.utils.data
 
         yield from torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-            pin_memory=self.backend.device.startswith("cuda"), prefetch_factor=4)
+            pin_memory=self.backend.device.startswith("cuda"), prefetch_factor=self.prefetch)
+
+    def _device_batches(self, dataset: _DecodeDataset, batch_size: int) -> Iterator[list]:
+        """Batches decoded and resized as tensors on the torch backend's device (GPU path; runs on CPU too)."""
+        if getattr(self.backend, "name", "") != "torch":
+            raise ModelError("decode_pool='device' needs the torch backend; load the model with backend='torch'")
+        from .device_decode import DeviceDecoder
+
+        decoder = DeviceDecoder(dataset.preprocess, self.backend.torch_device)
+        for start in range(0, len(dataset), batch_size):
+            positions = range(start, min(start + batch_size, len(dataset)))
+            decoded = decoder([dataset.items[i] for i in positions])
+            yield [(i, None, (d.path, d.cause)) if isinstance(d, ImageError) else (i, d, None)
+                   for i, d in zip(positions, decoded)]
 
     def embed_files(self, items: Iterable, **kwargs) -> Iterator[tuple]:
         """Yield (item, vector or ImageError) per item, in order; one bad file never stops the stream."""

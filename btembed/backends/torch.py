@@ -67,7 +67,8 @@ class TorchBackend:
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
         """uint8 [N, H, W, 3] → float32 [N, D]."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels))
+        # Tensors come already on the device from btembed.device_decode; arrays from the Pillow path.
+        x = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(pixels))
         # The decode DataLoader pins batches when the device is CUDA, so this copy can overlap; on CPU a no-op.
         x = x.to(self.torch_device, non_blocking=True)
         with autocast_context(self.torch_device, self.precision):

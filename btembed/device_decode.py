@@ -1,0 +1,81 @@
+"""JPEG decode + resize + crop as tensors on a torch device (nvjpeg on CUDA, libjpeg-turbo on CPU): the GPU input path.
+
+The same code runs on CPU in tests. Files that are not plain JPEGs (PNG, CMYK, damaged, over the pixel limit)
+go through the Pillow path of btembed.preprocess instead, so errors read exactly as elsewhere.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torchvision
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from .errors import ImageError
+from .images import MAX_PIXELS
+from .preprocess import PreprocessConfig, load_pixels
+
+_MODES = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR,
+          "bicubic": InterpolationMode.BICUBIC}
+
+
+def _plain_jpeg(path) -> bool:
+    """True for a readable baseline/progressive JPEG within the pixel limit (header only, no decode)."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "JPEG" and image.mode in ("RGB", "L") and \
+                image.size[0] * image.size[1] <= MAX_PIXELS
+    except Exception:  # any unreadable file takes the Pillow path, which names the problem
+        return False
+
+
+class DeviceDecoder:
+    """Items (paths, PIL images, arrays) → per-item uint8 [S, S, 3] tensors on the device, or an ImageError."""
+
+    def __init__(self, cfg: PreprocessConfig, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        # Filters a tensor resize cannot do exactly (lanczos, box, hamming) stay on the Pillow path.
+        self.mode = _MODES.get(cfg.interpolation)
+
+    def _resize_crop(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 [3, H, W] on the device → uint8 [S, S, 3], as btembed.preprocess.resize_and_crop does."""
+        cfg = self.cfg
+        if cfg.crop == "none":
+            image = F.resize(image, [cfg.input_size, cfg.input_size], interpolation=self.mode, antialias=True)
+        else:
+            h, w = image.shape[-2:]
+            # Pillow's rounding of the long side (int()), so crops line up with the Pillow path.
+            size = [cfg.resize_size, int(cfg.resize_size * w / h)] if h <= w else \
+                [int(cfg.resize_size * h / w), cfg.resize_size]
+            if size != [h, w]:
+                image = F.resize(image, size, interpolation=self.mode, antialias=True)
+            image = F.center_crop(image, [cfg.input_size, cfg.input_size])
+        return image.permute(1, 2, 0).contiguous()
+
+    def __call__(self, items) -> list:
+        """One entry per item, in order: a uint8 [S, S, 3] tensor on the device, or the ImageError."""
+        out: list = [None] * len(items)
+        jpeg = [i for i, it in enumerate(items) if self.mode is not None and isinstance(it, (str, os.PathLike))
+                and _plain_jpeg(it)]
+        if jpeg:
+            data = [torchvision.io.read_file(os.fspath(items[i])) for i in jpeg]
+            try:
+                # A list decodes as one batch (nvjpeg's batched decoder on CUDA).
+                images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+            except RuntimeError:
+                images = [None] * len(jpeg)  # one bad file fails the batch: fall back to Pillow for all of them
+            for i, image in zip(jpeg, images):
+                if image is not None:
+                    out[i] = self._resize_crop(image)
+        for i, item in enumerate(items):
+            if out[i] is None:
+                try:
+                    out[i] = torch.from_numpy(load_pixels(item, self.cfg)).to(self.device)
+                except ImageError as e:
+                    out[i] = e
+        return out
+
