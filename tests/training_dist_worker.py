@@ -3,7 +3,10 @@
 Each rank saves what it computed to OUT/rank{r}.pt; tests/test_training_distributed.py compares with one process
 on the whole batch.
 """
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -47,7 +50,23 @@ def images(n=16, seed=1):
     return torch.randn(n, 3, 8, 8, generator=g), torch.randn(n, 3, 8, 8, generator=g)
 
 
+def exit_with_parent(poll: float = 0.5) -> None:
+    """Exit at once when the torchrun agent that started this worker is gone."""
+    # torchrun puts each worker in a session of its own, so when the agent is killed outright (SIGKILL from a test
+    # timeout or an interrupted pytest) nothing reaches the workers, and one blocked in a collective would wait out
+    # gloo's 30-minute timeout. Polling the parent pid needs no platform-specific prctl.
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(out: Path):
+    exit_with_parent()
     rt = setup("cpu")
     rank, world = rt.rank, rt.world_size
     loss_fn = BarlowTwinsLoss(lambd=0.0051)
