@@ -1,4 +1,5 @@
 """python -m training fit/export end to end on 24 tiny photos: export loads, resume after SIGKILL and SIGTERM."""
+import contextlib
 import json
 import os
 import re
@@ -105,6 +106,20 @@ def test_export_loads_in_embedder(reference_run, tiny_data, tmp_path):
     assert "library_name: btembed" in card and "cpu-tiny" in card
 
 
+@contextlib.contextmanager
+def _fit_process(*args):
+    """`python -m training fit ARGS` in the background; killed with its loader workers if the test fails early."""
+    proc = subprocess.Popen([sys.executable, "-m", "training", "fit", *args], cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        # A failed wait or a timeout must not leave a 50-epoch run training in the background.
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
 def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 240) -> None:
     path = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + timeout
@@ -120,12 +135,11 @@ def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: fl
 def test_resume_after_sigkill_reproduces_losses(reference_run, tiny_data, tmp_path):
     photos, _ = tiny_data
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "training", "fit", *TINY, "--data", str(photos), "--out",
-                             str(out)], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    _wait_for_step(out, proc, 5)
-    proc.kill()  # SIGKILL: no chance to checkpoint; the last periodic checkpoint (step 4, mid-epoch) counts
-    proc.wait()
+    with _fit_process(*TINY, "--data", str(photos), "--out", str(out)) as proc:
+        _wait_for_step(out, proc, 5)
+        # SIGKILL (loader workers too): no chance to checkpoint; the last periodic checkpoint (step 4) counts
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     resumed = run(["fit", *TINY, "--data", str(photos), "--out", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     start = int(re.search(r"resuming at step (\d+)", resumed.stderr).group(1))
@@ -140,12 +154,10 @@ def test_sigterm_checkpoints_then_resumes(tiny_data, tmp_path):
     photos, _ = tiny_data
     out = tmp_path / "terminated"
     args = ["--recipe", "cpu-tiny", "epochs=50", "checkpoint_every=1000"]
-    proc = subprocess.Popen([sys.executable, "-m", "training", "fit", *args, "--data", str(photos), "--out",
-                             str(out)], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    _wait_for_step(out, proc, 2)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    with _fit_process(*args, "--data", str(photos), "--out", str(out)) as proc:
+        _wait_for_step(out, proc, 2)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "stopped by SIGTERM" in stderr
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
