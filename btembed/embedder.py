@@ -59,13 +59,26 @@ def _collate(samples):
     return samples
 
 
-def _threaded_batches(dataset: _DecodeDataset, batch_size: int, workers: int, prefetch: int) -> Iterator[list]:
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread yield to the model's threads (Linux: nice is per thread); best effort."""
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):
+        pass
+
+
+def _threaded_batches(dataset: _DecodeDataset, batch_size: int, workers: int, prefetch: int,
+                      nice: int = 0) -> Iterator[list]:
     """Batches decoded by a thread pool, at most prefetch batches ahead of the consumer, in order."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     starts = iter(range(0, len(dataset), batch_size))
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="btembed-decode")
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="btembed-decode",
+                              initializer=_lower_priority if nice else None, initargs=(nice,) if nice else ())
     pending: deque = deque()
 
     def submit() -> None:
@@ -100,8 +113,10 @@ class Embedder:
     # "thread" (Pillow and onnxruntime release the GIL; no torch import, no pickling of pixels) or "process"
     # (torch DataLoader workers) or "device" (torchvision decode_jpeg + resize on the torch backend's device:
     # nvjpeg on a GPU). prefetch = batches decoded ahead, which bounds memory by batch size.
+    # decode_nice > 0 lowers the decode threads' priority so the model's threads are never the ones waiting.
     decode_pool = "thread"
     prefetch = 2
+    decode_nice = 0
 
     def __init__(self, backend, config: ModelConfig, folder: Path | None = None):
         self.backend = backend
@@ -162,7 +177,7 @@ class Embedder:
                 yield [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             return
         if self.decode_pool == "thread":
-            yield from _threaded_batches(dataset, batch_size, workers, self.prefetch)
+            yield from _threaded_batches(dataset, batch_size, workers, self.prefetch, self.decode_nice)
             return
         import torch.utils.data
 

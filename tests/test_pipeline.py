@@ -35,14 +35,18 @@ def test_thread_pool_matches_inline_and_dataloader(onnx_embedder, photo_paths, t
 
 
 class _Counting(_DecodeDataset):
-    """Records how many items were decoded."""
+    """Records how many items were decoded, and the nice value of the threads that decoded them."""
 
     def __init__(self, items, preprocess):
         super().__init__(items, preprocess)
-        self.decoded = 0
+        self.decoded, self.nice = 0, set()
 
     def __getitem__(self, i):
+        import os
+        import threading
+
         self.decoded += 1
+        self.nice.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return super().__getitem__(i)
 
 
@@ -58,6 +62,17 @@ def test_thread_pool_reads_ahead_a_bounded_number_of_batches(photo_paths):
     assert data.decoded <= 3 * 4
     rest = list(_threaded_batches(data, batch_size=7, workers=3, prefetch=1))
     assert [i for b in rest for i, _, _ in b] == list(range(60))
+
+
+def test_decode_threads_can_yield_to_the_model(photo_paths):
+    import os
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    data = _Counting([photo_paths[i % 6] for i in range(8)], PreprocessConfig(input_size=32, resize_size=36))
+    out = list(_threaded_batches(data, batch_size=4, workers=2, prefetch=1, nice=3))
+    assert [i for b in out for i, _, _ in b] == list(range(8))
+    assert data.nice == {min(19, own + 3)}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the calling thread keeps its priority
 
 
 def test_device_decode_is_close_to_pillow(tiny_model_dir, photo_paths, tmp_path):
