@@ -10,8 +10,9 @@ import contextlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
+# torch is imported inside the fitting functions: `btembed predict` needs only LinearClassifier (numpy) and, with
+# the onnx backend, must start without loading torch.
 # Loss = mean cross-entropy + weight_decay / 2 * ||W||^2 (bias free); sklearn's C = 1 / (weight_decay * n_train).
 WEIGHT_DECAY_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -117,6 +118,8 @@ SINGLE_THREAD_BELOW = 1 << 22
 @contextlib.contextmanager
 def _threads_for(numel: int, device: str):
     """Run small CPU fits on one thread, restoring torch's thread count afterwards."""
+    import torch
+
     before = torch.get_num_threads()
     small = numel < SINGLE_THREAD_BELOW and not str(device).startswith("cuda")
     if small:
@@ -131,6 +134,8 @@ def _threads_for(numel: int, device: str):
 def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float, max_iter: int = 500,
                  init: tuple | None = None, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression by full-batch L-BFGS → (weight [C, D], bias [C]) as float32 numpy."""
+    import torch
+
     xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long, device=device)
     if init is None:
@@ -198,6 +203,8 @@ class LinearClassifier:
 
 def select_weight_decay(z: np.ndarray, y: np.ndarray, n_classes: int, config: ProbeConfig) -> float:
     """The grid value with the best inner-validation top-1 (ties: lowest validation loss)."""
+    import torch
+
     grid = sorted(config.weight_decay_grid, reverse=True)
     if len(grid) == 1:
         return float(grid[0])
@@ -226,6 +233,8 @@ def knn_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_c
     weighted: sum of exp(sim / temperature) per class. Otherwise one vote per neighbour, ties broken toward
     the class whose neighbours rank nearer (the rank bonus totals under one vote, so it never outvotes).
     """
+    import torch
+
     train = torch.nn.functional.normalize(torch.as_tensor(np.asarray(train_x, np.float32)), dim=1)
     labels = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
     k = min(k, len(train))
