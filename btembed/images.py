@@ -82,7 +82,9 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
     path = Path(path)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's own warning starts at ~89 MP, below MAX_PIXELS: turned into an error it refused 100-150 MP
+            # camera photos. MAX_PIXELS is checked just below; Pillow still raises its error above ~179 MP.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 w, h = image.size
                 if w * h > MAX_PIXELS:

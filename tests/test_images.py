@@ -85,6 +85,22 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
         open_image(tmp_path / "big.png")
 
 
+def test_pixel_limit_is_max_pixels_not_pillows_lower_default(tmp_path):
+    # A 100 MP photo (medium-format cameras make them) is under MAX_PIXELS but over Pillow's ~89 MP warning level.
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header_only = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 10_000, 10_000, 8, 2, 0, 0, 0))
+    (tmp_path / "100mp.png").write_bytes(header_only + chunk(b"IEND", b""))
+    assert 10_000 * 10_000 < images.MAX_PIXELS
+    with pytest.raises(ImageError) as caught:  # the pixel data is missing, so it still fails, but not as a bomb
+        open_image(tmp_path / "100mp.png")
+    assert "bomb" not in caught.value.cause
+
+
 def test_draft_mode_decodes_large_jpeg_at_reduced_scale_but_not_below_target(tmp_path, astronaut):
     big = Image.fromarray(astronaut).resize((2048, 1536))
     big.save(tmp_path / "big.jpg", quality=90)
