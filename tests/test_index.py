@@ -7,6 +7,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -182,16 +183,19 @@ def test_db_elsewhere_and_stale_faiss_rebuilt(folder, tiny_model_dir, tmp_path):
 
 def test_second_writer_exits_clearly_and_stale_lock_is_taken_over(folder, tiny_model_dir):
     store = folder / ".btembed"
+    # The holder keeps the lock until its stdin closes, not for a fixed time: a slow start of the second
+    # process on a loaded machine must not find the lock already free.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from btembed.lock import WriterLock; "
-         "WriterLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(float(sys.argv[2]))",
-         str(store), "3"], stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import sys; from btembed.lock import WriterLock; "
+         "WriterLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()", str(store)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         code, _, err = cli("index", folder, "--model", tiny_model_dir, check=False)
         assert code == 1 and f"being written by process {holder.pid}" in err and "--wait" in err
-        # --wait queues behind the running writer instead
-        assert run_index(folder, tiny_model_dir, wait=30).total == 6
+        # --wait queues behind the running writer instead: the holder lets go a moment after the wait starts
+        threading.Timer(1.0, holder.stdin.close).start()
+        assert run_index(folder, tiny_model_dir, wait=60).total == 6
     finally:
         holder.kill()
         holder.wait()
