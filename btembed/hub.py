@@ -84,14 +84,14 @@ def save_pretrained(encoder, folder: str | Path, card: str | None = None, dtype=
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     weights = folder / WEIGHTS_FILE
+    unchanged = _unchanged_weights_sha256(folder, state)
     tmp = weights.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "architecture": encoder.config.architecture})
     os.replace(tmp, weights)
     config = encoder.config
     config.btembed_version = __version__
     config.files = {WEIGHTS_FILE: sha256_file(weights)}
-    if (folder / ONNX_FILE).is_file() and ONNX_FILE in config.files:
-        config.files[ONNX_FILE] = sha256_file(folder / ONNX_FILE)
+    config.files.update(_onnx_matching(folder, {config.files[WEIGHTS_FILE], unchanged} - {None}))
     if not config.name:
         config.name = folder.name
     config.save(folder)
@@ -101,6 +101,60 @@ def save_pretrained(encoder, folder: str | Path, card: str | None = None, dtype=
         card = render_card(config)
     (folder / "README.md").write_text(card)
     return folder
+
+
+def _unchanged_weights_sha256(folder: Path, state: dict) -> str | None:
+    """sha256 of the folder's weights file when it holds exactly these tensors and an ONNX export may be kept."""
+    from safetensors.torch import load_file
+
+    from .backends.onnx import INT8_FILE
+
+    path = folder / WEIGHTS_FILE
+    if not path.is_file() or not any((folder / n).is_file() for n in (ONNX_FILE, INT8_FILE)):
+        return None
+    try:
+        old = load_file(str(path))
+    except Exception:  # unreadable: treat as different weights
+        return None
+    # Compared by value: safetensors does not write its metadata in a fixed order, so equal weights can differ
+    # in bytes (and sha256) from one save to the next.
+    same = old.keys() == state.keys() and all(
+        old[k].dtype == state[k].dtype and old[k].shape == state[k].shape and bool((old[k] == state[k]).all())
+        for k in state)
+    return sha256_file(path) if same else None
+
+
+def _onnx_matching(folder: Path, weights_sha256: set) -> dict:
+    """{name: sha256} of the folder's ONNX exports made from these weights; exports of other weights are deleted."""
+    # The onnx backend runs a folder's model.onnx as it is, so one left over from the weights this save replaced
+    # would silently give the old model's vectors. Every btembed export stamps weights_sha256 into its metadata.
+    import warnings
+
+    from .backends.onnx import INT8_FILE
+
+    kept = {}
+    for name in (ONNX_FILE, INT8_FILE):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            from .export import read_metadata
+
+            stamped = read_metadata(path).get("weights_sha256")
+        except Exception as e:  # onnx raises its own types for unreadable files
+            warnings.warn(f"{path} cannot be read ({type(e).__name__}); it was not recorded in config.json",
+                          stacklevel=3)
+            continue
+        if stamped in weights_sha256:
+            kept[name] = sha256_file(path)
+        elif stamped:
+            path.unlink()
+            warnings.warn(f"removed {path}: it was exported from other weights than the ones just saved; "
+                          "export it again (btembed export)", stacklevel=3)
+        else:
+            warnings.warn(f"{path} does not say which weights it was exported from; it was not recorded in "
+                          "config.json", stacklevel=3)
+    return kept
 
 
 def registry_entry(name: str) -> dict | None:

@@ -246,3 +246,18 @@ def test_cached_backend_does_not_import_torch(r18, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "BTEMBED_CACHE": str(tmp_path / "c")})
     assert result.returncode == 0, result.stderr
+
+
+def test_resaving_weights_keeps_a_matching_onnx_and_deletes_a_stale_one(r18, tmp_path):
+    from btembed import Encoder
+
+    folder, out, _ = r18
+    model = tmp_path / "model"
+    shutil.copytree(folder, model)
+    shutil.copy(out, model / "model.onnx")  # exported from exactly these weights
+    Encoder.from_pretrained(model).save_pretrained(model)  # same weights again (e.g. new card or metrics)
+    assert ModelConfig.load(model).files["model.onnx"] == sha256_file(model / "model.onnx")
+    # Other weights into the same folder: the old export would give the old model's vectors, so it goes.
+    with pytest.warns(UserWarning, match="exported from other weights"):
+        make_model_dir(model, seed=2)
+    assert not (model / "model.onnx").exists() and "model.onnx" not in ModelConfig.load(model).files
