@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -67,5 +68,9 @@ class ModelConfig:
             raise ModelError(f"{path} is not a valid btembed config ({e})") from None
 
     def save(self, folder: str | Path) -> None:
-        """Write folder/config.json."""
-        (Path(folder) / "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write folder/config.json (temp file + rename: a crash never leaves half a config)."""
+        path = Path(folder) / "config.json"
+        tmp = path.with_name(f".config.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        # Also replaces a symlink (a Hugging Face cache snapshot) instead of writing through it into the shared blob.
+        os.replace(tmp, path)
