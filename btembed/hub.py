@@ -86,7 +86,10 @@ def save_pretrained(encoder, folder: str | Path, card: str | None = None, dtype=
     weights = folder / WEIGHTS_FILE
     unchanged = _unchanged_weights_sha256(folder, state)
     tmp = weights.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "architecture": encoder.config.architecture})
+    # One metadata key only: safetensors writes metadata in no fixed order, so two keys made the file's bytes (and
+    # the sha256 that config.json and the registry pin) differ between saves of the same weights. The
+    # architecture is in config.json.
+    save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, weights)
     config = encoder.config
     config.btembed_version = __version__
@@ -116,8 +119,8 @@ def _unchanged_weights_sha256(folder: Path, state: dict) -> str | None:
         old = load_file(str(path))
     except Exception:  # unreadable: treat as different weights
         return None
-    # Compared by value: safetensors does not write its metadata in a fixed order, so equal weights can differ
-    # in bytes (and sha256) from one save to the next.
+    # Compared by value, not by sha256: files written by older btembed versions (two metadata keys, no fixed order)
+    # can differ in bytes from a new save of the same tensors.
     same = old.keys() == state.keys() and all(
         old[k].dtype == state[k].dtype and old[k].shape == state[k].shape and bool((old[k] == state[k]).all())
         for k in state)

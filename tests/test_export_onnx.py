@@ -261,3 +261,16 @@ def test_resaving_weights_keeps_a_matching_onnx_and_deletes_a_stale_one(r18, tmp
     with pytest.warns(UserWarning, match="exported from other weights"):
         make_model_dir(model, seed=2)
     assert not (model / "model.onnx").exists() and "model.onnx" not in ModelConfig.load(model).files
+
+
+def test_saving_the_same_weights_gives_the_same_bytes(r18, tmp_path):
+    # config.json and the registry pin model.safetensors by sha256, so a re-save must not change it.
+    from btembed import Encoder
+
+    model = tmp_path / "model"
+    shutil.copytree(r18[0], model)
+    encoder, digests = Encoder.from_pretrained(model), set()
+    for _ in range(12):  # the old two-key metadata came out in either order: 12 equal saves by luck is 1 in 2048
+        encoder.save_pretrained(model)
+        digests.add(sha256_file(model / "model.safetensors"))
+    assert len(digests) == 1
