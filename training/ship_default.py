@@ -21,10 +21,14 @@ from btembed.card import render_card
 from btembed.config import ModelConfig
 from btembed.hub import embedded_dir
 
+from hub.registry_tools import entry_from_folder, set_entry
+
 from .dev_eval import markdown
 from .export import export_run
 
 FP16_TOLERANCE = 1e-3
+DESCRIPTION = ("The embedded default: a small Barlow Twins ResNet-18 trained by btembed's training package on ~4,400 "
+               "public images on 2 CPU cores; use btembed/r50 for real work.")
 LIMITS = (
     "A small ResNet-18 trained for about an hour on two CPU cores, on ~4,400 public images (wallpapers, nebula "
     "photos, game textures, clip-art, animal photos): useful for near-duplicates and visual similarity of "
@@ -112,7 +116,10 @@ def main(argv=None) -> int:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(staging, target)
-    print(f"shipped {args.name} → {target}", file=sys.stderr)
+    # Not uploaded anywhere (yet): an unreleased entry, embedded in the package and made the default.
+    set_entry(args.name, entry_from_folder(target, repo_id=args.name, revision=None, embedded=args.folder,
+                                           description=DESCRIPTION), make_default=True)
+    print(f"shipped {args.name} → {target}, registered as the default in btembed/registry.json", file=sys.stderr)
     return 0
 
 
