@@ -42,12 +42,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dev", type=Path, default=Path("/work/data/dev"))
     ap.add_argument("--tasks", nargs="*", default=None, help="task folders under --dev (default: all)")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--features", nargs="*", default=list(FEATURES), choices=FEATURES)
     ap.add_argument("--out", type=Path, default=None, help="write the rows and commands as JSON here")
     args = ap.parse_args(argv)
     tasks = args.tasks or sorted(p.name for p in args.dev.iterdir() if p.is_dir() and p.name != "licenses")
     rows = []
     for task in tasks:
-        for features in FEATURES:
+        for features in args.features:
             start = time.monotonic()
             result, cmd = probe(args.dev / task, args.model, features, args.folds)
             row = {"task": task, "features": features, "linear_top1": result["linear"]["top1"],
