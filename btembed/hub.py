@@ -91,6 +91,7 @@ def save_pretrained(encoder, folder: str | Path, card: str | None = None, dtype=
     # architecture is in config.json.
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, weights)
+    os.chmod(weights, 0o644)  # the temp file was private; a model folder is meant to be shared
     config = encoder.config
     config.btembed_version = __version__
     config.files = {WEIGHTS_FILE: sha256_file(weights)}

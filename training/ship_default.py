@@ -66,6 +66,20 @@ def dev_metrics(rows: list[dict]) -> dict:
     return metrics
 
 
+def margins(rows: list[dict]) -> str:
+    """One line per task: the trained model's lead over random init and raw pixels, in points."""
+    by = {(r["task"], r["features"]): r for r in rows}
+    lines = []
+    for task in sorted({r["task"] for r in rows}):
+        m, rnd, raw = by.get((task, "model")), by.get((task, "random-init")), by.get((task, "raw32"))
+        if not (m and rnd and raw):
+            continue
+        lead = {k: (100 * (m[k] - rnd[k]), 100 * (m[k] - raw[k])) for k in ("linear_top1", "knn_top1")}
+        lines.append(f"- {task}: linear {lead['linear_top1'][0]:+.1f} vs random init, {lead['linear_top1'][1]:+.1f} vs "
+                     f"raw pixels; kNN {lead['knn_top1'][0]:+.1f} vs random init, {lead['knn_top1'][1]:+.1f} vs raw pixels")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     """Export, shrink to fp16 if harmless, write card + config, register as the embedded default."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,7 +121,8 @@ def main(argv=None) -> int:
         extra = ("\n## Development-set evaluation\n\nTrained model vs the same architecture at random init vs raw "
                  "32×32 pixels, same protocol (`btembed probe`, 5-fold stratified; accuracies in %). The dev set "
                  "is built by `python -m training.devset` from allowed Debian packages and held out of training.\n\n"
-                 + dev_table + "\n\n## Training data\n\n| source | package | version | licence | images |\n"
+                 + dev_table + "\n\nLead of the trained model, in points:\n\n" + margins(evaluation["rows"])
+                 + "\n\n## Training data\n\n| source | package | version | licence | images |\n"
                  "|---|---|---|---|---|\n"
                  + "\n".join(f"| {k} | {v.get('package', '')} | {v.get('version', '')} | {v.get('licence', '')} | "
                              f"{v.get('count', '')} |" for k, v in config.training["data_sources"].items()) + "\n")
