@@ -26,10 +26,13 @@ class Hit:
     score: float
     id: int
 
+    def __post_init__(self):
+        # float16 storage can put a self-match a hair above 1; cosines live in [-1, 1].
+        self.score = min(1.0, max(-1.0, float(self.score)))
+
     def to_dict(self) -> dict:
         """JSON-ready {path, score}."""
-        # float16 storage can put a self-match a hair above 1; cosines live in [-1, 1].
-        return {"path": self.path, "score": round(min(1.0, max(-1.0, float(self.score))), 6)}
+        return {"path": self.path, "score": round(self.score, 6)}
 
 
 def locate_store(path: str | os.PathLike, db: str | os.PathLike | None = None) -> Path:
