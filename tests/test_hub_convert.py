@@ -74,13 +74,18 @@ def assert_bit_exact(folder: Path, state: dict) -> None:
         assert torch.equal(got[key], want), key
 
 
-def test_hub_layout_converts_bit_exact_and_embeds_like_torchvision(tmp_path):
-    state = trunk_state("resnet18")
+def convert_hub_layout(tmp_path, architecture: str, out: str):
+    """Save a random trunk as the torch.hub resnet50.pth layout, convert it, check it is bit-exact."""
+    state = trunk_state(architecture)
     ckpt = tmp_path / "resnet50.pth"
     torch.save(state, ckpt)
-    folder = convert_official(ckpt, tmp_path / "conv", onnx=False)
+    folder = convert_official(ckpt, tmp_path / out, onnx=False)
     assert_bit_exact(folder, state)
-    config = ModelConfig.load(folder)
+    return state, folder, ModelConfig.load(folder)
+
+
+def test_hub_layout_converts_bit_exact_and_embeds_like_torchvision(tmp_path):
+    state, folder, config = convert_hub_layout(tmp_path, "resnet18", "conv")
     pre = config.preprocess
     assert (pre.resize_size, pre.input_size, pre.interpolation, pre.crop) == (256, 224, "bilinear", "center")
     assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
@@ -122,12 +127,7 @@ def test_full_checkpoint_converts_bit_exact_with_onnx(tmp_path, monkeypatch):
 
 
 def test_resnet50_card_carries_authors_figures_clearly_marked(tmp_path):
-    state = trunk_state("resnet50")
-    ckpt = tmp_path / "resnet50.pth"
-    torch.save(state, ckpt)
-    folder = convert_official(ckpt, tmp_path / "barlowtwins-r50", onnx=False)
-    assert_bit_exact(folder, state)
-    config = ModelConfig.load(folder)
+    _, folder, config = convert_hub_layout(tmp_path, "resnet50", "barlowtwins-r50")
     assert config.architecture == "resnet50" and config.embedding_dim == 2048
     assert config.metrics == {}  # nothing measured by us
     assert config.source["reported_metrics"]["imagenet_linear_top1"]["value"] == 73.2
