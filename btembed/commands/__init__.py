@@ -36,7 +36,7 @@ def say(message: str) -> None:
 def add_model_args(parser) -> None:
     """--model/--revision/--backend/--device/--precision/--batch-size/--workers, shared by every command that embeds."""
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None, help="decode worker processes (default: automatic)")
+    parser.add_argument("--workers", type=int, default=None, help="decode threads (default: one per core, at most 4)")
     parser.add_argument("--model", "-m", default=None,
                         help="model folder, registry name (btembed/r50) or Hugging Face repo id; "
                              "default: the embedded model")
