@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from btembed.probe import knn_scores  # the same weighted kNN protocol btembed probe reports
 from btembed.errors import ImageError
 from btembed.images import find_images
 from btembed.preprocess import PreprocessConfig, load_pixels
@@ -38,16 +39,6 @@ def split_every(labels: list[int], every: int = 5) -> np.ndarray:
         if len(where) >= 2:
             mask[where[every - 1::every] if len(where) >= every else where[-1:]] = True
     return mask
-
-
-def weighted_knn(bank: torch.Tensor, bank_y: torch.Tensor, query: torch.Tensor, n_classes: int, k: int = 20,
-                 temperature: float = 0.07) -> torch.Tensor:
-    """Predicted classes of L2-normalized query rows by exp(sim/T)-weighted votes of the k nearest bank rows."""
-    sims = query @ bank.T
-    top, idx = sims.topk(min(k, bank.shape[0]), dim=1)
-    votes = torch.zeros(query.shape[0], n_classes)
-    votes.scatter_add_(1, bank_y[idx], torch.exp(top / temperature))
-    return votes.argmax(1)
 
 
 class KnnMonitor:
@@ -94,5 +85,5 @@ class KnnMonitor:
         finally:
             trunk.train(was_training)
         q = self.query
-        pred = weighted_knn(f[~q], self.labels[~q], f[q], len(self.classes), self.k)
-        return {"knn_top1": float((pred == self.labels[q]).float().mean())}
+        scores = knn_scores(f[~q].numpy(), self.labels[~q].numpy(), f[q].numpy(), len(self.classes), self.k)
+        return {"knn_top1": float((scores.argmax(1) == self.labels[q].numpy()).mean())}
