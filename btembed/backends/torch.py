@@ -46,23 +46,25 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, folder: Path, config: ModelConfig, *, device: str = "auto", precision: str = "fp32"):
-        self.torch_device = pick_device(device)
-        self.device = str(self.torch_device)
-        self.precision = precision
-        autocast_context(self.torch_device, precision)  # validate early
         encoder = Encoder(config)
         encoder.trunk.load_state_dict(load_state_dict(folder, config))
-        self.model = PixelEncoder(encoder, normalize=False).eval().to(self.torch_device)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        self._wrap(encoder, device, precision)
 
     @classmethod
     def from_encoder(cls, encoder: Encoder, *, device: str = "auto", precision: str = "fp32") -> "TorchBackend":
         """Wrap an in-memory Encoder (e.g. during training) without a model folder."""
         self = cls.__new__(cls)
-        self.torch_device, self.precision = pick_device(device), precision
-        self.device = str(self.torch_device)
-        self.model = PixelEncoder(encoder, normalize=False).eval().to(self.torch_device)
+        self._wrap(encoder, device, precision)
         return self
+
+    def _wrap(self, encoder: Encoder, device: str, precision: str) -> None:
+        """One setup for both constructors: device, validated precision, eval-mode channels_last graph."""
+        self.torch_device = pick_device(device)
+        self.device = str(self.torch_device)
+        self.precision = precision
+        autocast_context(self.torch_device, precision)  # validate early
+        model = PixelEncoder(encoder, normalize=False).eval().to(self.torch_device)
+        self.model = model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
