@@ -33,8 +33,10 @@ except ImportError:  # pragma: no cover - tqdm is in the venv, but progress bars
 
 DEFAULT_SEED = 0
 # Caps keep non-photo sources from swamping the ~2k photo-like images (see POOL_NOTES).
-DEFAULT_OPENCLIPART_CAP = 1500
-DEFAULT_FASHION_CAP = 1000
+DEFAULT_OPENCLIPART_CAP = 3000
+DEFAULT_FASHION_CAP = 3000
+# Large photos also give 2x-zoom tiles: the few real photos are the pool's scarcest kind of picture.
+TILE_ZOOM = 2
 
 
 # --------------------------------------------------------------------------- pool writer
@@ -68,7 +70,8 @@ class Pool:
             im = Image.fromarray(item.array)
         else:
             try:
-                im = decode(data)
+                # Tile sources keep twice the pool resolution so their tiles hold real detail.
+                im = decode(data, MAX_SHORT_SIDE * TILE_ZOOM if src.tiles else MAX_SHORT_SIDE)
             except Skip as s:
                 return skip(s.reason)
         self.raw_seen[raw_hash] = item.inner
@@ -88,26 +91,45 @@ class Pool:
                 return skip("near_duplicate")
             self.thumbs.append((ar, t))
         orig_size = im.size
+        full = im
         im = shrink(im)
         # Some clip-art is a single flat colour once composited (e.g. white strokes on transparency).
         if float(np.asarray(im.convert("L")).std()) < 1.0:
             return skip("blank")
-        blob = encode(im, src.fmt)
-        rel = f"{self.subdir}/{src.name}/{item.rel}"
+        self._write(src, item, im, f"{self.subdir}/{src.name}/{item.rel}", raw_hash, orig_size, stats, "written")
+        if src.tiles:
+            for k, tile in enumerate(tiles(full)):
+                self._write(src, item, shrink(tile), f"{self.subdir}/{src.name}-tiles/{item.rel}-t{k}", raw_hash,
+                            orig_size, stats, "tiles_written")
+        return True
+
+    def _write(self, src: Source, item: Item, im: Image.Image, rel: str, raw_hash: str,
+               orig_size: tuple[int, int], stats: dict, counter: str) -> None:
+        """Encode one picture under a free name and record its manifest row."""
         path = self.out / f"{rel}.{src.fmt}"
         n = 1
         while path.exists():  # two inputs can map to one safe name (e.g. foo.png and foo.jpg)
             path = self.out / f"{rel}-{n}.{src.fmt}"
             n += 1
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(blob)
+        path.write_bytes(encode(im, src.fmt))
         self.rows.append({
             "path": path.relative_to(self.out).as_posix(), "source": src.name, "inner_path": item.inner,
             "sha256": raw_hash, "orig_size": list(orig_size), "size": list(im.size), "mode": im.mode,
             "licence": item.licence or src.licence, **({"copyright": item.copyright} if item.copyright else {}),
+            **({"tile_of": item.inner} if counter == "tiles_written" else {}),
         })
-        stats["written"] = stats.get("written", 0) + 1
-        return True
+        stats[counter] = stats.get(counter, 0) + 1
+
+
+def tiles(im: Image.Image) -> list[Image.Image]:
+    """Four quadrants and the centre at 1/TILE_ZOOM of each side, when that keeps the pool's resolution."""
+    w, h = im.size
+    tw, th = w // TILE_ZOOM, h // TILE_ZOOM
+    if min(tw, th) < MAX_SHORT_SIDE:
+        return []
+    corners = [(0, 0), (w - tw, 0), (0, h - th), (w - tw, h - th), ((w - tw) // 2, (h - th) // 2)]
+    return [im.crop((x, y, x + tw, y + th)) for x, y in corners]
 
 
 def prepare_out(out: Path, what: list[str]) -> None:
@@ -139,7 +161,8 @@ def summary_md(title: str, manifest: dict, out: Path) -> str:
              f"{manifest['total_files']} files, {manifest['total_mb']:.1f} MB.", "",
              "| source | package | version | licence | files | skipped | MB |", "|---|---|---|---|---|---|---|"]
     for name, s in manifest["sources"].items():
-        skipped = ", ".join(f"{k} {v}" for k, v in s["stats"].items() if k not in ("written",) and v) or "-"
+        skipped = ", ".join(f"{k} {v}" for k, v in s["stats"].items()
+                            if k not in ("written", "tiles_written") and v) or "-"
         lines.append(f"| {name} | {s.get('package', '')} | {s.get('version', '')} | {s['licence']} | "
                      f"{s['file_count']} | {skipped} | {s['mb']:.1f} |")
     notes = [(n, s["notes"]) for n, s in manifest["sources"].items() if s.get("notes")]
@@ -202,6 +225,8 @@ def run(out: Path, cache: Path, names: list[str], seed: int, openclipart_cap: in
         "seed": seed, "max_short_side": MAX_SHORT_SIDE, "max_pixels": MAX_PIXELS,
         "dedupe": "sha256 of original bytes across all sources, then sha256 of decoded pixels (<= 4 MP)",
         "sha256_note": "sha256 is of the original file bytes; for array sources (fashion, skimage) of the array",
+        "tiles": f"photo sources with a short side >= {TILE_ZOOM * MAX_SHORT_SIDE} px also give 5 tiles (4 quadrants "
+                 f"+ centre, 1/{TILE_ZOOM} of each side) under <source>-tiles/, rows marked tile_of; same licence",
     })
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     (out / "MANIFEST.md").write_text(summary_md("Offline training pool", manifest, out), encoding="utf-8")

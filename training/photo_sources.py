@@ -58,6 +58,7 @@ class Source:
     licence: str
     fmt: str = "jpg"
     near_dupes: bool = False  # also drop the same picture at another resolution (wallpaper packs)
+    tiles: bool = False  # also write 2x-zoom tiles of large photos (more real-photo views from few photos)
     background: tuple[int, int, int] = (255, 255, 255)
     notes: str = ""
     items: Callable[["Context"], Iterable[Item]] | None = None
@@ -292,19 +293,19 @@ def sklearn_items(ctx: Context) -> Iterator[Item]:
 
 SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("gcompris", "gcompris-qt-data", "CC-BY-SA / CC-BY / public domain (per-file README)",
-           items=gcompris_items),
+           tiles=True, items=gcompris_items),
     Source("lomiri-16.04", "lomiri-wallpapers-16.04", "CC-BY-4.0 / CC-BY-SA-3.0 / CC-BY-SA-4.0 / CC0-1.0",
-           near_dupes=True,
+           near_dupes=True, tiles=True,
            items=_wallpaper_items("lomiri-wallpapers-16.04", "lomiri-16.04", "usr/share/backgrounds/*")),
     Source("lomiri-20.04", "lomiri-wallpapers-20.04", "CC-BY-4.0 / CC-BY-SA-3.0 / CC-BY-SA-4.0 / CC0-1.0",
-           near_dupes=True,
+           near_dupes=True, tiles=True,
            items=_wallpaper_items("lomiri-wallpapers-20.04", "lomiri-20.04", "usr/share/backgrounds/*")),
-    Source("mate", "mate-backgrounds", "GPL-2+ / CC-BY-SA-4.0", near_dupes=True,
+    Source("mate", "mate-backgrounds", "GPL-2+ / CC-BY-SA-4.0", near_dupes=True, tiles=True,
            items=_wallpaper_items("mate-backgrounds", "mate", "usr/share/backgrounds/*")),
-    Source("plasma", "plasma-workspace-wallpapers", "GPL-2+", near_dupes=True,
+    Source("plasma", "plasma-workspace-wallpapers", "GPL-2+", near_dupes=True, tiles=True,
            items=_wallpaper_items("plasma-workspace-wallpapers", "plasma",
                                   "usr/share/wallpapers/*/contents/images/*")),
-    Source("ukui", "ukui-wallpapers", "CC-BY-SA-3.0", near_dupes=True,
+    Source("ukui", "ukui-wallpapers", "CC-BY-SA-3.0", near_dupes=True, tiles=True,
            items=_wallpaper_items("ukui-wallpapers", "ukui", "usr/share/backgrounds/*")),
     Source("stellarium", "stellarium-data", "GPL-2+", background=(0, 0, 0), items=stellarium_items),
     Source("ufoai", "ufoai-textures", "mostly GPL-2+/GPL-2; some public-domain, Expat, CC-BY(-SA)-3.0 (per file)",
