@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -74,7 +75,6 @@ def _threaded_batches(dataset: _DecodeDataset, batch_size: int, workers: int, pr
                       nice: int = 0) -> Iterator[list]:
     """Batches decoded by a thread pool, at most prefetch batches ahead of the consumer, in order."""
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
 
     starts = iter(range(0, len(dataset), batch_size))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="btembed-decode",
@@ -119,19 +119,36 @@ class Embedder:
     decode_nice = 0
 
     def __init__(self, backend, config: ModelConfig, folder: Path | None = None):
-        self.backend = backend
+        # backend may be a Future (from_pretrained(load_async=True)): it is resolved on first use.
+        self._backend = backend
         self.config = config
         self.folder = folder
 
+    @property
+    def backend(self):
+        """The inference backend (waits for a background load to finish; its errors are raised here)."""
+        if isinstance(self._backend, Future):
+            self._backend = self._backend.result()
+        return self._backend
+
     @classmethod
     def from_pretrained(cls, name_or_path=None, *, revision: str | None = None, device: str = "auto",
-                        backend: str = "auto", precision: str = "fp32") -> "Embedder":
-        """Load a model: None → embedded default, a folder, a registry name, or a Hugging Face repo id."""
+                        backend: str = "auto", precision: str = "fp32", load_async: bool = False) -> "Embedder":
+        """Load a model: None → embedded default, a folder, a registry name, or a Hugging Face repo id.
+
+        load_async=True builds the backend (ONNX session, first-use export) in a background thread, so a
+        caller can start decoding images meanwhile; backend errors then surface on first use.
+        """
         folder = resolve_model(name_or_path, revision=revision)
         config = ModelConfig.load(folder)
         if not config.name:
             config.name = str(name_or_path or folder.name)
-        return cls(load_backend(backend, folder, config, device=device, precision=precision), config, folder)
+        if not load_async:
+            return cls(load_backend(backend, folder, config, device=device, precision=precision), config, folder)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="btembed-load")
+        future = pool.submit(load_backend, backend, folder, config, device=device, precision=precision)
+        pool.shutdown(wait=False)  # the load runs on; nothing else is ever submitted
+        return cls(future, config, folder)
 
     @property
     def dim(self) -> int:

@@ -269,8 +269,10 @@ def _embed(catalog: Catalog, files: dict, ident: dict, opts: IndexOptions, gen: 
     """Run the model over files (rel → (path, size, mtime_ns, phash)); one committed transaction per batch."""
     from .embedder import Embedder
 
+    # load_async: the ONNX session is built while the decode threads fill the first batches (cold start).
     embedder = Embedder.from_pretrained(ident["model_source"], revision=ident["model_revision"],
-                                        device=opts.device, backend=opts.backend, precision=opts.precision)
+                                        device=opts.device, backend=opts.backend, precision=opts.precision,
+                                        load_async=True)
     if embedder.dim != ident["dim"]:
         raise CatalogError(f"model {ident['model_id']} produced {embedder.dim}-d vectors, its config says "
                            f"{ident['dim']}")

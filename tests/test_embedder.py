@@ -109,3 +109,14 @@ def test_resolution_errors_are_one_sentence(tmp_path):
         resolve_model("./does/not/exist")
     with pytest.raises(ModelError, match="unknown device"):
         Embedder.from_pretrained(tmp_path if False else make_model_dir(tmp_path / "m"), device="tpu9")
+
+
+def test_load_async_gives_the_same_vectors_and_defers_backend_errors(tiny_model_dir, photo_paths):
+    sync = Embedder.from_pretrained(tiny_model_dir, backend="torch")
+    lazy = Embedder.from_pretrained(tiny_model_dir, backend="torch", load_async=True)
+    assert lazy.dim == sync.dim  # config is read up front, only the backend loads in the background
+    np.testing.assert_allclose(lazy.embed(photo_paths[:4], num_workers=2), sync.embed(photo_paths[:4]), atol=1e-5)
+    # A backend error (here: a precision torch does not run) is raised at first use, as the same ModelError.
+    broken = Embedder.from_pretrained(tiny_model_dir, backend="torch", precision="int8", load_async=True)
+    with pytest.raises(ModelError):
+        broken.embed(photo_paths[:1])

@@ -51,5 +51,6 @@ def load_embedder(args):
     """An Embedder for the model arguments of a parsed command line."""
     from ..embedder import Embedder
 
+    # The backend loads while the first images decode; a load error surfaces at the first batch.
     return Embedder.from_pretrained(args.model, revision=args.revision, device=args.device,
-                                    backend=args.backend, precision=args.precision)
+                                    backend=args.backend, precision=args.precision, load_async=True)
