@@ -274,3 +274,37 @@ def test_saving_the_same_weights_gives_the_same_bytes(r18, tmp_path):
         encoder.save_pretrained(model)
         digests.add(sha256_file(model / "model.safetensors"))
     assert len(digests) == 1
+
+
+def test_folder_model_onnx_of_other_weights_or_unstamped_is_refused(r18, tmp_path, monkeypatch):
+    folder, out, _ = r18  # out was exported from seed-1 weights
+    other = make_model_dir(tmp_path / "other", seed=2)
+    shutil.copy(out, other / "model.onnx")
+    monkeypatch.setattr("btembed.export.export_onnx", lambda *a, **k: pytest.fail("must not export"))
+    with pytest.raises(ModelError, match=r"model\.onnx was exported from other weights.*btembed export"):
+        OnnxBackend(other, ModelConfig.load(other))
+    # No weights_sha256 in the metadata: refused unless config.json vouches for the file's own sha256.
+    model = onnx.load(str(out))
+    del model.metadata_props[:]
+    bare = Path(shutil.copytree(folder, tmp_path / "bare"))
+    onnx.save_model(model, str(bare / "model.onnx"))
+    with pytest.raises(ModelError, match="does not say which weights"):
+        OnnxBackend(bare, ModelConfig.load(bare))
+    config = ModelConfig.load(bare)
+    config.files["model.onnx"] = sha256_file(bare / "model.onnx")
+    config.save(bare)
+    assert OnnxBackend(bare, ModelConfig.load(bare)).path == bare / "model.onnx"
+
+
+def test_cached_export_of_other_weights_is_rebuilt(r18, tmp_path):
+    folder = make_model_dir(tmp_path / "m", seed=2)
+    config = ModelConfig.load(folder)
+    cached = onnx_backend.cache_candidates(folder, config)[0]
+    cached.parent.mkdir(parents=True)
+    shutil.copy(r18[1], cached)  # a seed-1 export sitting under this model's cache key
+    backend = OnnxBackend(folder, config, device="cpu")
+    assert backend.path == cached
+    assert read_metadata(cached)["weights_sha256"] == config.files["model.safetensors"]
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    torch_vectors = Embedder.from_pretrained(folder, backend="torch", device="cpu").backend(pixels)
+    assert compare(backend(pixels), torch_vectors)["min_cosine"] > 0.9999

@@ -142,6 +142,49 @@ def onnx_file(folder: Path, config: ModelConfig, precision: str = "fp32") -> Pat
     return cached_export(folder, config)
 
 
+def export_mismatch(session, config: ModelConfig, vouched: bool) -> str | None:
+    """Why a loaded ONNX file is not known to be an export of config's weights, or None when it is.
+
+    vouched: config.json records (and verify_file checked) the file's own sha256, which stands in for missing
+    metadata. The stamp is read from the session so the (large) proto is not parsed twice.
+    """
+    stamped = session.get_modelmeta().custom_metadata_map.get("weights_sha256")
+    weights = config.files.get(WEIGHTS_FILE)
+    if stamped and weights:
+        return None if stamped == weights else (
+            f"was exported from other weights (sha256 {stamped[:12]}…) than the folder's {WEIGHTS_FILE} "
+            f"({weights[:12]}…)")
+    if vouched:
+        return None
+    if stamped:
+        return f"cannot be checked: config.json records no sha256 for {WEIGHTS_FILE} nor for the file itself"
+    return ("does not say which weights it was exported from (no weights_sha256 in its metadata) and config.json "
+            "records no sha256 for it")
+
+
+def checked_session(folder: Path, config: ModelConfig, precision: str = "fp32", device: str = "auto"):
+    """(path, session) of the ONNX file to run for a model folder, checked to be an export of its weights."""
+    path = onnx_file(folder, config, precision)
+    session = make_session(path, device)
+    problem = export_mismatch(session, config, vouched=path.parent == folder and path.name in config.files)
+    if problem is None:
+        return path, session
+    if path.parent == folder:
+        # The folder's own file was put there by someone: replacing or ignoring it would hide their mistake.
+        again = " --int8 --calibration IMAGES" if path.name == INT8_FILE else ""
+        raise ModelError(f"{path} {problem}; export it again with `btembed export {folder} --onnx {path}{again}` "
+                         "or delete it")
+    # A cache entry is ours to rebuild (copied in from elsewhere, or left by an export without metadata).
+    del session  # release the file before it is replaced (Windows refuses to replace an open file)
+    if not _writable(path.parent):
+        raise ModelError(f"the cached ONNX export {path} {problem}, and its folder is not writable; delete it "
+                         "or set BTEMBED_CACHE to a writable folder")
+    from ..export import export_onnx  # imports torch: only when the cache entry is rebuilt
+
+    path = export_onnx(folder, path, config=config)
+    return path, make_session(path, device)
+
+
 class OnnxBackend:
     """Runs the exported graph with onnxruntime; the same interface as TorchBackend."""
 
@@ -150,8 +193,10 @@ class OnnxBackend:
     def __init__(self, folder: Path, config: ModelConfig, *, device: str = "auto", precision: str = "fp32",
                  path: str | Path | None = None):
         self.config, self.precision = config, precision
-        self.path = Path(path) if path else onnx_file(Path(folder), config, precision)
-        self.session = make_session(self.path, device)
+        if path:  # a file named by the caller (a fresh export, a parity check) runs as given
+            self.path, self.session = Path(path), make_session(path, device)
+        else:
+            self.path, self.session = checked_session(Path(folder), config, precision, device)
         used = self.session.get_providers()[0]
         gpu_id = next((o.get("device_id", "0") for p, o in self.session.get_provider_options().items()
                        if p in GPU_PROVIDERS), "0")
