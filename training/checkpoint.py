@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +40,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def stale_temp_files(run_dir: str | Path) -> list[Path]:
+    """Temporary files of checkpoint writes in run_dir (left behind if a write was killed; never a checkpoint)."""
+    return sorted(Path(run_dir).glob(f".{CHECKPOINT}.*"))
+
+
+def remove_stale_temp_files(run_dir: str | Path) -> None:
+    """Delete what earlier killed checkpoint writes left; only the run's single writer (rank 0) may call this."""
+    for tmp in stale_temp_files(run_dir):
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(state: dict, run_dir: str | Path) -> Path:
     """Write run_dir/checkpoint.pt via a temporary file, fsync and rename: a crash never leaves half a file."""
     path = Path(run_dir) / CHECKPOINT
-    tmp = path.with_name(f".{CHECKPOINT}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # Leftovers of killed writes go first (each can be as large as a checkpoint); a fresh name per write means a
+    # leftover is never reopened or renamed into place.
+    remove_stale_temp_files(run_dir)
+    tmp = path.with_name(f".{CHECKPOINT}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

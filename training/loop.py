@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, TrainConfig
 from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch
 from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, teardown
@@ -223,6 +223,8 @@ class Trainer:
     def fit(self) -> dict:
         """Train until the schedule (or max_steps) ends; returns the last health record."""
         c, rt = self.config, self.rt
+        if rt.is_main and self.run_dir.is_dir():
+            remove_stale_temp_files(self.run_dir)  # what a write killed in an earlier session left
         if self.checkpoint and self.checkpoint.get("finished"):
             self._say(f"{self.run_dir} is already finished ({self.step} steps); nothing to do")
             return self.last_metrics
