@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -79,21 +79,21 @@ class TrainConfig:
 
     def __post_init__(self):
         for f in fields(self):
-            setattr(self, f.name, _coerce(f.name, _field_type(f), getattr(self, f.name)))
+            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ConfigError(f"amp must be auto, bf16, fp16 or none, not {self.amp!r}")
         if self.interpolation not in ("bilinear", "bicubic"):
             raise ConfigError(f"interpolation must be bilinear or bicubic, not {self.interpolation!r}")
-        if len(self.projector) < 1 or any(int(d) < 1 for d in self.projector):
+        if len(self.projector) < 1 or any(d < 1 for d in self.projector):
             raise ConfigError(f"projector must list one or more layer widths, got {self.projector!r}")
-        self.projector = [int(d) for d in self.projector]
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 (the loss standardizes along the batch)")
         if self.repeats < 1 or self.epochs < 1:
             raise ConfigError("epochs and repeats must be at least 1")
-        for name in ("blur_p", "solarize_p", "crop_scale", "blur_sigma"):
-            if len(getattr(self, name)) != 2:
-                raise ConfigError(f"{name} needs two values")
+        for names, n in ((("blur_p", "solarize_p", "crop_scale", "blur_sigma"), 2), (("mean", "std"), 3)):
+            for name in names:
+                if len(getattr(self, name)) != n:
+                    raise ConfigError(f"config key {name} needs {n} values, got {list(getattr(self, name))}")
 
     @property
     def embedding_dim(self) -> int:
@@ -123,8 +123,9 @@ def _field_type(f) -> str:
     return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
 
 
-def _coerce(name: str, kind: str, value):
+def _coerce(f, value):
     """Convert YAML/CLI values to the field's type, with a clear error."""
+    name, kind = f.name, _field_type(f)
     try:
         if kind == "bool":
             if isinstance(value, str):
@@ -135,20 +136,53 @@ def _coerce(name: str, kind: str, value):
                 raise ValueError(value)
             return bool(value)
         if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
+            return _integer(value)
         if kind == "float":
-            return float(value)
+            return _number(value)
         if kind == "str":
             return "" if value is None else str(value)
-        if kind == "tuple":
-            return tuple(float(v) for v in value)
-        if kind == "list":
-            return list(value)
     except (TypeError, ValueError):
         raise ConfigError(f"config key {name} must be a {kind}, got {value!r}") from None
+    if kind in ("tuple", "list"):
+        # tuple fields hold numbers (crop_scale, mean, ...), the list field holds layer widths (projector).
+        item, convert = ("number", _number) if kind == "tuple" else ("integer", _integer)
+        try:
+            items = [convert(v) for v in _items(value)]
+        except (TypeError, ValueError):
+            example = f.default_factory() if f.default is MISSING else f.default
+            shown = ", ".join(map(str, example))
+            raise ConfigError(f"config key {name} must be a list of {item}s, e.g. [{shown}] or "
+                              f"{shown.replace(' ', '')}; got {value!r}") from None
+        return tuple(items) if kind == "tuple" else items
     return value
+
+
+def _integer(value) -> int:
+    """An int from an int, a whole float or a decimal string; never from a bool (epochs=true is a mistake)."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
+
+
+def _number(value) -> float:
+    """A float from a number or a numeric string, never from a bool."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(value)
+
+
+def _items(value) -> list:
+    """The items of a list value: a YAML list, "a,b" or "[a, b]"/"(a, b)" text from a command line, or one value."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text[:1] + text[-1:] in ("[]", "()"):
+            text = text[1:-1].strip()
+        return [part.strip() for part in text.split(",")] if text else []
+    if isinstance(value, (int, float)):
+        return [value]
+    raise TypeError(value)
 
 
 def recipe_names() -> list[str]:
