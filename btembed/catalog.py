@@ -69,16 +69,22 @@ class Row:
 class Catalog:
     """One SQLite file in WAL mode; writers commit per batch, so a crash loses at most the batch in flight."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection):
+    def __init__(self, path: Path, conn: sqlite3.Connection, read_only: bool = False):
         self.path = path
         self.conn = conn
+        self.read_only = read_only
 
     @classmethod
-    def open(cls, path: str | os.PathLike, create: bool = False) -> "Catalog":
-        """Open (or create) a catalog file; a missing one without create is a CatalogError."""
+    def open(cls, path: str | os.PathLike, create: bool = False, read_only: bool = False) -> "Catalog":
+        """Open (or create) a catalog file; a missing one without create is a CatalogError.
+
+        read_only: for searching; nothing is ever written, and a folder this process cannot write still opens.
+        """
         path = Path(path)
         if not create and not path.is_file():
             raise CatalogError(f"{path} does not exist; run `btembed index` on the folder first")
+        if read_only and not create:
+            return cls._open_read_only(path)
         try:
             if create:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +104,42 @@ class Catalog:
         elif int(version) > SCHEMA_VERSION:
             raise CatalogError(f"{path} was written by a newer btembed (schema {version}); upgrade btembed")
         return catalog
+
+    @classmethod
+    def _open_read_only(cls, path: Path) -> "Catalog":
+        """A connection that cannot change the catalog (no pragma, no schema, no meta writes)."""
+        # A WAL reader needs the -wal/-shm companions. While a writer has them (running, or killed), share them
+        # read-only (mode=ro) to see its commits. Otherwise a query_only connection makes its own and deletes
+        # them on close, leaving nothing behind; where it cannot (a read-only folder or mount) no writer can
+        # exist either, so the file is opened as immutable: SQLite then needs no companion files at all.
+        uri = path.resolve().as_uri()
+        wal = path.with_name(path.name + "-wal").exists()
+        attempts = [f"{uri}?mode=ro"] if wal else [f"{uri}?mode=rw", f"{uri}?mode=ro&immutable=1"]
+        for i, attempt in enumerate(attempts):
+            conn = None
+            try:
+                conn = sqlite3.connect(attempt, uri=True, timeout=60, isolation_level=None)
+                conn.execute("PRAGMA query_only=ON")
+                version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                break
+            except sqlite3.Error as e:
+                if conn is not None:
+                    conn.close()
+                cannot_write = "readonly" in str(e) or "unable to open" in str(e)
+                if cannot_write and i + 1 < len(attempts):
+                    continue
+                why = (" (an index run left its -wal file; run `btembed index` on the folder once with write "
+                       "access to fold it in)") if wal and cannot_write else ""
+                raise CatalogError(f"cannot read the catalog {path} ({e}){why}; run `btembed index` on the "
+                                   "folder to (re)create it") from None
+        if version is None:
+            conn.close()
+            raise CatalogError(f"{path} is not a btembed catalog (no schema version); run `btembed index` on "
+                               "the folder first")
+        if int(version[0]) > SCHEMA_VERSION:
+            conn.close()
+            raise CatalogError(f"{path} was written by a newer btembed (schema {version[0]}); upgrade btembed")
+        return cls(path, conn, read_only=True)
 
     def close(self) -> None:
         """Close the connection."""

@@ -108,7 +108,8 @@ def sync_ann(catalog: Catalog, store: Path, save: bool, say: Callable[[str], Non
         ann = build(CatalogSource(catalog), cfg, progress=say)
     if save:
         ann.save(path, want)
-        catalog.prune_tombstones(want["generation"])
+        if not catalog.read_only:  # a search leaves them for the next index run: it never writes the catalog
+            catalog.prune_tombstones(want["generation"])
         for stale in store.glob(f"{INDEX_FILE}.tmp-*"):
             stale.unlink(missing_ok=True)  # left by a killed writer; we hold the lock, so none is in use
     return ann
@@ -129,7 +130,7 @@ class ImageIndex:
         if not (store / CATALOG_FILE).is_file():
             raise CatalogError(f"{path} has no btembed index (no {store / CATALOG_FILE}); run `btembed index "
                                f"{path}` first" + (" with the same --db" if db is not None else ""))
-        catalog = Catalog.open(store / CATALOG_FILE)
+        catalog = Catalog.open(store / CATALOG_FILE, read_only=True)
         if catalog.dim is None:
             raise CatalogError(f"{store} holds no indexed images yet; run `btembed index` on the folder first")
         ann = None

@@ -147,7 +147,7 @@ def catalog_vectors(root: Path, identity: dict, paths: list) -> tuple[dict, str]
     if identity.get("kind") != "model" or not path.is_file():
         return {}, ""
     try:
-        catalog = Catalog.open(path)
+        catalog = Catalog.open(path, read_only=True)
     except CatalogError as e:
         return {}, f"index catalog not used ({e})"
     try:

@@ -204,3 +204,69 @@ def test_second_writer_exits_clearly_and_stale_lock_is_taken_over(folder, tiny_m
     assert run_index(folder, tiny_model_dir).unchanged == 6
     with WriterLock(store):
         assert not WriterLock(store).try_acquire()  # one writer per process too
+
+
+def _file_state(path: Path) -> tuple:
+    st = path.stat()
+    return path.read_bytes(), st.st_mtime_ns
+
+
+def test_search_never_writes_the_catalog(folder, tiny_model_dir):
+    import sqlite3
+
+    run_index(folder, tiny_model_dir)
+    store = folder / ".btembed"
+    db, before, listing = store / "catalog.sqlite", _file_state(store / "catalog.sqlite"), sorted(os.listdir(store))
+    index = ImageIndex.open(folder)
+    try:
+        assert index.catalog.read_only and Path(index.search(folder / "coffee.jpg", 1)[0].path).name == "coffee.jpg"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            index.catalog.set_many({"touched": 1})
+    finally:
+        index.close()
+    assert _file_state(db) == before and sorted(os.listdir(store)) == listing  # no -wal/-shm left behind
+    # While a writer has the catalog open (its -wal exists), a search shares it and sees its commits.
+    writer = Catalog.open(db)
+    try:
+        writer.set_many({"note": "committed by a writer"})
+        index = ImageIndex.open(folder)
+        try:
+            assert index.catalog.get("note") == "committed by a writer" and len(index) == 6
+        finally:
+            index.close()
+    finally:
+        writer.close()
+
+
+def _without_write_access(cmd: list) -> list:
+    """cmd run so that file permissions apply to it: root ignores them, so its DAC capabilities are dropped."""
+    if os.geteuid() != 0:
+        return cmd
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: cannot run a command that chmod applies to")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", *cmd]
+
+
+def test_search_works_in_a_read_only_index_folder(folder, tiny_model_dir):
+    run_index(folder, tiny_model_dir)
+    store = folder / ".btembed"
+    db, before = store / "catalog.sqlite", _file_state(store / "catalog.sqlite")
+    search = [sys.executable, "-m", "btembed", "search", str(folder), str(folder / "sub" / "rocket.jpg"), "-k", "2",
+              "--json"]
+    subprocess.run(["chmod", "-R", "a-w", str(folder)], check=True)
+    try:
+        probe = subprocess.run(_without_write_access([sys.executable, "-c", f"open({str(store / 'x')!r}, 'w')"]),
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode != 0 and "Permission denied" in probe.stderr  # the setup really is read-only
+        for case in ("current FAISS file", "FAISS file missing: rebuilt in memory"):
+            if case.startswith("FAISS file missing"):
+                store.chmod(0o755)
+                (store / INDEX_FILE).unlink()
+                store.chmod(0o555)
+            listing = sorted(os.listdir(store))
+            p = subprocess.run(_without_write_access(search), capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, (case, p.stderr)
+            assert json.loads(p.stdout)["results"][0]["path"].endswith("sub/rocket.jpg"), case
+            assert sorted(os.listdir(store)) == listing and _file_state(db) == before, case
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(folder)], check=True)
