@@ -1,7 +1,11 @@
 """Publish a model folder to the Hugging Face Hub: validate everything locally first, then one thin upload."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,6 +212,37 @@ def upload(folder: Path, repo_id: str, files: list[str], *, revision: str | None
     return commit.oid
 
 
+@contextlib.contextmanager
+def staged_copy(folder: Path):
+    """A temporary stand-in for a model folder, so a dry run can export and record model.onnx without touching it."""
+    try:
+        recorded = set(ModelConfig.load(folder).files)
+    except BtembedError:
+        recorded = set()  # validate() reports the unreadable config
+    with tempfile.TemporaryDirectory(prefix="btembed-publish-") as tmp:
+        stage = Path(tmp) / folder.name
+        stage.mkdir()
+        for name in sorted(set(PUBLISH_FILES) | recorded):
+            src = folder / name
+            if not src.is_file():
+                continue
+            # Large files are linked, not copied; validation replaces files (temp + rename), never writes into them.
+            if src.suffix in (".safetensors", ".onnx"):
+                os.symlink(src.resolve(), stage / name)
+            else:
+                shutil.copy2(src, stage / name)
+        yield stage
+
+
+def _dry_run_note(folder: Path, stage: Path, name: str) -> str:
+    """How a dry run's listed file differs from the folder's own (a real publish writes these changes)."""
+    if not (folder / name).is_file():
+        return "  (not in the folder yet: a real publish exports it there first)"
+    if name == "config.json" and (stage / name).read_bytes() != (folder / name).read_bytes():
+        return "  (a real publish updates it: it records model.onnx's sha256)"
+    return ""
+
+
 def publish(folder: str | Path, repo_id: str, *, revision: str | None = None, tag: str | None = None,
             dry_run: bool = False, name: str | None = None, export_missing_onnx: bool = True,
             private: bool = False, out=None) -> dict | None:
@@ -217,17 +252,22 @@ def publish(folder: str | Path, repo_id: str, *, revision: str | None = None, ta
     folder = Path(folder)
     # the file list is a dry run's result (stdout); for a real upload stdout carries only the registry entry
     out = out or (sys.stdout if dry_run else sys.stderr)
-    v = validate(folder, export_missing_onnx=export_missing_onnx)
-    for check in v.checks:
-        print(f"  ok    {check}", file=sys.stderr)
-    if v.problems:
-        raise PublishError(f"{folder} is not fit to publish: " + "; ".join(v.problems))
-    print(f"{'would upload' if dry_run else 'uploading'} to {repo_id}"
-          f"{' (branch ' + revision + ')' if revision else ''}:", file=out)
-    for fname, size in v.files:
-        print(f"  {fname:<20} {human_size(size):>10}", file=out)
+    with contextlib.ExitStack() as stack:
+        # A dry run changes nothing: whatever it needs (model.onnx, config.json recording it) is built aside.
+        checked = stack.enter_context(staged_copy(folder)) if dry_run else folder
+        v = validate(checked, export_missing_onnx=export_missing_onnx)
+        for check in v.checks:
+            print(f"  ok    {check}", file=sys.stderr)
+        if v.problems:
+            raise PublishError(f"{folder} is not fit to publish: "
+                               + "; ".join(p.replace(str(checked), str(folder)) for p in v.problems))
+        print(f"{'would upload' if dry_run else 'uploading'} to {repo_id}"
+              f"{' (branch ' + revision + ')' if revision else ''}:", file=out)
+        for fname, size in v.files:
+            note = _dry_run_note(folder, checked, fname) if dry_run else ""
+            print(f"  {fname:<20} {human_size(size):>10}{note}", file=out)
     if dry_run:
-        print("dry run: nothing was sent", file=out)
+        print(f"dry run: nothing was sent and {folder} was not changed", file=out)
         return None
     sha = upload(folder, repo_id, [f for f, _ in v.files], revision=revision, tag=tag, private=private)
     return {name or repo_id: entry_from_folder(folder, repo_id, sha)}

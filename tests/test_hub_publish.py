@@ -61,6 +61,35 @@ def test_dry_run_lists_files_and_sends_nothing(publishable, monkeypatch, capsys)
     assert "ONNX parity with torch" in out.err and "loads with Embedder" in out.err
 
 
+def folder_state(folder: Path) -> dict:
+    """Every entry under folder (the folder itself too) → (mtime_ns, bytes or None for folders)."""
+    paths = [folder, *sorted(folder.rglob("*"))]
+    return {str(p.relative_to(folder)): (p.lstat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in paths}
+
+
+def test_dry_run_leaves_the_folder_untouched(publishable, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", NoNetwork)
+    folder = Path(shutil.copytree(publishable, tmp_path / "no-onnx"))
+    (folder / "model.onnx").unlink()  # what a dry run must export to check, but not into the folder
+    config = ModelConfig.load(folder)
+    del config.files["model.onnx"]
+    config.save(folder)
+    before = folder_state(folder)
+    assert hub_main(["publish", str(folder), "--repo", "org/tiny", "--dry-run"]) == 0
+    assert folder_state(folder) == before
+    out = capsys.readouterr()
+    listed = {line.split()[0]: line for line in out.out.splitlines() if line.startswith("  ")}
+    assert set(listed) == {"config.json", "model.safetensors", "model.onnx", "README.md"}
+    assert "MiB" in listed["model.onnx"] and "not in the folder yet" in listed["model.onnx"]
+    assert "records model.onnx" in listed["config.json"] and "was not changed" in out.out
+    assert "exported model.onnx" in out.err and "ONNX parity with torch" in out.err
+
+
 class RecordingApi:
     """Records the calls publish makes to HfApi and answers like the Hub would."""
 
