@@ -245,15 +245,11 @@ class Trainer:
                 epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_position(epoch, in_epoch * (c.batch_size // rt.world_size))
                 started, ran = time.perf_counter(), False
-                for x1, x2, bad in self.loader:
+                for x1, x2, bad in self._agreed_batches():
                     ran = True
-                    self._note_bad(bad)
-                    if x1 is None:
-                        raise DataError(f"a whole batch of files under {self.data} was unreadable "
-                                        f"(e.g. {bad[0][0]}: {bad[0][1]}); clean the folder")
                     loss, z1, h1 = self.train_step(x1, x2)
                     bar.update(1)
-                    health.update(loss, self.loss_fn.parts, z1, h1, x1.shape[0] * rt.world_size, len(bad))
+                    health.update(loss, self.loss_fn.parts, z1, h1, x1.shape[0] * rt.world_size, bad)
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     if self.step % c.log_every == 0 or end_of_epoch or self.step == last:
                         extra = self._monitor() if end_of_epoch and self._monitor_due() else None
@@ -274,6 +270,45 @@ class Trainer:
                     raise DataError(f"the loader of {self.data} gave no batch at step {self.step}")
         self._say(f"done: {self.step} steps in {self.elapsed / 60:.1f} min; checkpoint in {self.run_dir}")
         return self.last_metrics
+
+    def _agreed_batches(self):
+        """The loader's batches, each released once every rank has fetched its own; yields (x1, x2, bad files).
+
+        A data error on one rank stops every rank here, before the step: had that rank raised alone, the others
+        would wait for it inside the model's collectives, where NCCL (unlike gloo) does not notice a peer that
+        left and waits out the process group timeout.
+        """
+        batches = iter(self.loader)
+        while True:
+            error = None
+            try:
+                x1, x2, bad = next(batches)
+            except StopIteration:
+                return  # after the same number of batches on every rank (equal shards, drop_last)
+            except Exception as e:  # e.g. a loader worker that died or hit an unexpected decode error
+                error, bad = e, []
+            else:
+                if x1 is None:
+                    error = DataError(f"a whole batch of files under {self.data} was unreadable "
+                                      f"(e.g. {bad[0][0]}: {bad[0][1]}); clean the folder")
+            failed = self._failed_ranks(error is not None)
+            if error is not None:
+                raise error
+            if failed:
+                raise DataError(f"process {', '.join(map(str, failed))} of {self.rt.world_size} failed to load its "
+                                f"batch for step {self.step + 1} (its own message says why); stopping too")
+            self._note_bad(bad)
+            yield x1, x2, len(bad)
+
+    def _failed_ranks(self, failed: bool) -> list[int]:
+        """All ranks: the ranks that failed to get their batch (one small all_reduce of a flag per rank)."""
+        rt = self.rt
+        if not is_distributed():
+            return [0] if failed else []
+        votes = torch.zeros(rt.world_size, dtype=torch.int64, device=rt.device)
+        votes[rt.rank] = int(failed)
+        dist.all_reduce(votes)
+        return [r for r, v in enumerate(votes.tolist()) if v]
 
     def _note_bad(self, bad: list) -> None:
         for path, cause in bad:

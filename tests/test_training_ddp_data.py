@@ -1,0 +1,76 @@
+"""Data trouble under DDP (2 gloo processes, torchrun): one rank's data error stops all ranks; bad files count globally."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.config import load_recipe
+from training.data import ResumableSampler
+
+REPO = Path(__file__).resolve().parents[1]
+N_FILES = 16  # cpu-tiny: global batch 8 = 4 per rank, 2 steps per epoch, no file dropped
+
+
+def rank1_first_batch() -> list[int]:
+    """Indices of the files in rank 1's first local batch of epoch 0 (the sampler is deterministic)."""
+    config = load_recipe("cpu-tiny")
+    sampler = ResumableSampler(range(N_FILES), num_replicas=2, rank=1, seed=config.seed)
+    sampler.set_position(0)
+    return [i for _, i in list(sampler)[: config.batch_size // 2]]
+
+
+def make_data(folder: Path, bad: list[int]) -> list[Path]:
+    """N_FILES small noise PNGs, sorted by name as training lists them; the files at `bad` are empty."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    paths = [folder / f"img{i:02d}.png" for i in range(N_FILES)]
+    for i, path in enumerate(paths):
+        if i in bad:
+            path.write_bytes(b"")
+        else:
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
+    return [paths[i] for i in bad]
+
+
+def torchrun_fit(data: Path, out: Path, *overrides: str, timeout: float = 240) -> tuple[int, str, float]:
+    """`torchrun --nproc_per_node=2 -m training fit` on cpu-tiny; returns (exit code, stderr, seconds)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # The agent looks at its workers every 2 s: a rank that stops by itself has time to say so before the agent
+    # would tear it down after the other rank's exit.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "--monitor-interval=2", "-m", "training", "fit", "--recipe", "cpu-tiny", "--data", str(data),
+           "--out", str(out), "--no-progress", *overrides]
+    started = time.monotonic()
+    # As in test_training_distributed: own session; on timeout SIGTERM first so torchrun stops its workers.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    return proc.returncode, stderr, time.monotonic() - started
+
+
+def test_data_error_on_one_rank_stops_every_rank(tmp_path):
+    bad = make_data(tmp_path / "data", rank1_first_batch())  # rank 1's whole first batch is unreadable
+    code, stderr, seconds = torchrun_fit(tmp_path / "data", tmp_path / "run", timeout=300)
+    assert code != 0
+    assert seconds < 90, f"took {seconds:.0f} s"
+    # Rank 1 names the cause; rank 0 stops on its own before the step, instead of waiting for rank 1 inside a
+    # collective (gloo notices the peer's exit there, NCCL does not and would wait out its timeout).
+    assert "training: error: a whole batch of files" in stderr and bad[0].name in stderr, stderr[-3000:]
+    assert "training: error: process 1 of 2 failed to load its batch for step 1" in stderr, stderr[-3000:]
+    assert "Connection closed by peer" not in stderr and "[rank0]:" not in stderr, stderr[-3000:]
