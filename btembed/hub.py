@@ -33,6 +33,20 @@ def embedded_dir() -> Path:
     return Path(str(resources.files("btembed").joinpath("weights")))
 
 
+def shared_location(folder: str | Path) -> str | None:
+    """Which shared place a model folder lies in (never to be written into), or None for a folder of one's own."""
+    resolved = Path(folder).resolve()
+    parts = resolved.parts
+    # How resolve_model's sources look on disk: snapshot_download gives HF_HUB_CACHE/models--ORG--NAME/snapshots/REV.
+    if "snapshots" in parts and any(p.startswith("models--") for p in parts):
+        return "a Hugging Face cache snapshot"
+    if resolved.is_relative_to(embedded_dir().resolve()):
+        return "a model embedded in the btembed package"
+    if "site-packages" in parts or "dist-packages" in parts:
+        return "an installed Python package"
+    return None
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

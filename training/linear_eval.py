@@ -13,8 +13,8 @@ from torchvision.transforms import v2
 
 from btembed import Encoder
 from btembed.config import ModelConfig
-from btembed.errors import ImageError
-from btembed.hub import resolve_model
+from btembed.errors import ImageError, ModelError
+from btembed.hub import resolve_model, shared_location
 from btembed.images import open_image
 from btembed.preprocess import load_pixels
 
@@ -109,6 +109,7 @@ def linear_eval(model, data, val=None, config: LinearEvalConfig | None = None, d
                 record: bool = False) -> dict:
     """Train a linear classifier on frozen trunk features; returns top-1/top-5 on the validation images."""
     config = config or LinearEvalConfig()
+    record_to = _record_folder(model) if record else None  # refused before hours of evaluation, not after
     torch.manual_seed(config.seed)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
@@ -170,13 +171,23 @@ def linear_eval(model, data, val=None, config: LinearEvalConfig | None = None, d
               "protocol": "linear eval, frozen trunk (Zbontar et al. 2021): SGD momentum 0.9, cosine, "
                           + ("RandomResizedCrop+flip" if config.augment else "center crops only")}
     if record:
-        _record(model, result)
+        _record(record_to, result)
     return result
 
 
-def _record(model, result: dict) -> None:
-    """Add the result to the model folder's config.json metrics (weights and their hashes stay untouched)."""
+def _record_folder(model) -> Path:
+    """The model folder --record may write into: a folder of the user's own, never a shared copy."""
     folder = resolve_model(model)
+    where = shared_location(folder)
+    if where:
+        raise ModelError(f"--record would write into {folder}, which is {where} and must stay as published; "
+                         f"pass a local model folder of your own instead (a copy: `cp -rL {folder} DIR`, or "
+                         "Encoder.from_pretrained(...).save_pretrained(DIR), or `python -m training export`)")
+    return folder
+
+
+def _record(folder: Path, result: dict) -> None:
+    """Add the result to the model folder's config.json metrics (weights and their hashes stay untouched)."""
     mc = ModelConfig.load(folder)
     name = Path(result["data"]).name
     mc.metrics[f"linear_top1_{name}"] = {"value": round(result["top1"], 4), "dataset": result["data"],

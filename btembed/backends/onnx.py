@@ -82,13 +82,9 @@ def user_cache_dir() -> Path:
 def _shared_folder(folder: Path) -> bool:
     """True for folders we must not write into even when we could: installed packages (the embedded models too,
     also in an editable install) and the HF hub cache."""
-    from ..hub import embedded_dir
+    from ..hub import shared_location
 
-    resolved = folder.resolve()
-    parts = resolved.parts
-    in_hf_cache = "snapshots" in parts and any(p.startswith("models--") for p in parts)
-    embedded = resolved.is_relative_to(embedded_dir().resolve())
-    return in_hf_cache or embedded or "site-packages" in parts or "dist-packages" in parts
+    return shared_location(folder) is not None
 
 
 def _writable(folder: Path) -> bool:
