@@ -74,3 +74,17 @@ def test_data_error_on_one_rank_stops_every_rank(tmp_path):
     assert "training: error: a whole batch of files" in stderr and bad[0].name in stderr, stderr[-3000:]
     assert "training: error: process 1 of 2 failed to load its batch for step 1" in stderr, stderr[-3000:]
     assert "Connection closed by peer" not in stderr and "[rank0]:" not in stderr, stderr[-3000:]
+
+
+def test_bad_file_count_is_summed_over_ranks(tmp_path):
+    bad = make_data(tmp_path / "data", rank1_first_batch()[:2])  # 2 of rank 1's 4 files: only rank 1 sees them
+    out = tmp_path / "run"
+    code, stderr, _ = torchrun_fit(tmp_path / "data", out, "epochs=1")
+    assert code == 0, stderr[-3000:]
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["finished"] and ck["step"] == 2
+    assert ck["data"]["bad_files"] == 2
+    assert sorted(e.split(":")[0] for e in ck["data"]["bad_examples"]) == sorted(map(str, bad))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["bad_files"] for r in records] == [2, 0]  # step 1 had them, on rank 1
+    assert all(f"skipping unreadable file {p}" in stderr for p in bad)  # said by rank 0

@@ -276,7 +276,7 @@ class Trainer:
 
         A data error on one rank stops every rank here, before the step: had that rank raised alone, the others
         would wait for it inside the model's collectives, where NCCL (unlike gloo) does not notice a peer that
-        left and waits out the process group timeout.
+        left and waits out the process group timeout. The bad-file count yielded is the sum over ranks.
         """
         batches = iter(self.loader)
         while True:
@@ -291,31 +291,39 @@ class Trainer:
                 if x1 is None:
                     error = DataError(f"a whole batch of files under {self.data} was unreadable "
                                       f"(e.g. {bad[0][0]}: {bad[0][1]}); clean the folder")
-            failed = self._failed_ranks(error is not None)
+            failed, n_bad = self._agree_on_batch(error is not None, bad)
             if error is not None:
                 raise error
             if failed:
                 raise DataError(f"process {', '.join(map(str, failed))} of {self.rt.world_size} failed to load its "
                                 f"batch for step {self.step + 1} (its own message says why); stopping too")
-            self._note_bad(bad)
-            yield x1, x2, len(bad)
+            yield x1, x2, n_bad
 
-    def _failed_ranks(self, failed: bool) -> list[int]:
-        """All ranks: the ranks that failed to get their batch (one small all_reduce of a flag per rank)."""
+    def _agree_on_batch(self, failed: bool, bad: list) -> tuple[list[int], int]:
+        """All ranks: which ranks failed to get a batch, and the bad files over all ranks (counted and noted)."""
         rt = self.rt
         if not is_distributed():
-            return [0] if failed else []
-        votes = torch.zeros(rt.world_size, dtype=torch.int64, device=rt.device)
-        votes[rt.rank] = int(failed)
-        dist.all_reduce(votes)
-        return [r for r, v in enumerate(votes.tolist()) if v]
-
-    def _note_bad(self, bad: list) -> None:
+            votes, n_bad = [int(failed)], len(bad)
+        else:
+            # One small all_reduce per step: a flag per rank and the bad-file count, summed.
+            agreed = torch.zeros(rt.world_size + 1, dtype=torch.int64, device=rt.device)
+            agreed[rt.rank], agreed[-1] = int(failed), len(bad)
+            dist.all_reduce(agreed)
+            votes, n_bad = agreed[:-1].tolist(), int(agreed[-1])
+        failed_ranks = [r for r, v in enumerate(votes) if v]
+        if failed_ranks:
+            return failed_ranks, 0
+        if n_bad and len(self.bad_examples) < 20 and is_distributed():
+            # Only when some rank had bad files; the condition is the same on every rank (all hold the same list).
+            gathered = [None] * rt.world_size
+            dist.all_gather_object(gathered, bad)
+            bad = [item for part in gathered for item in part]
+        self.bad_files += n_bad
         for path, cause in bad:
-            self.bad_files += 1
             if len(self.bad_examples) < 20:
                 self.bad_examples.append(f"{path}: {cause}")
                 self._say(f"skipping unreadable file {path}: {cause}")
+        return [], n_bad
 
     def _monitor_due(self) -> bool:
         epoch_done = self.step // self.steps_per_epoch
