@@ -24,7 +24,9 @@ def labeled(tmp_path, photo_paths):
 
 
 def state(folder: Path) -> dict:
-    return {p.name: (p.read_bytes(), p.lstat().st_mtime_ns) for p in sorted(folder.iterdir())}
+    """Every file below folder (other tests may have left an .onnx-cache/ in the shared fixture), bytes and mtime."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.lstat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_record_refuses_shared_copies(tiny_model_dir, labeled, tmp_path, monkeypatch):
