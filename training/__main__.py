@@ -38,7 +38,8 @@ def _fit(args) -> int:
 def _export(args) -> int:
     from .export import describe, export_run
 
-    folder = export_run(args.run, args.out, name=args.name, license=args.license)
+    folder = export_run(args.run, args.out, name=args.name, license=args.license, input_size=args.input_size,
+                        resize_size=args.resize_size)
     print(f"exported {describe(folder)}", file=sys.stderr)
     return 0
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="model folder to write")
     e.add_argument("--name", default="", help="model id recorded in config.json (default: folder name)")
     e.add_argument("--license", default="", help="license recorded in the card (e.g. apache-2.0)")
+    e.add_argument("--input-size", type=int, default=0, help="inference crop size (default: the recipe's)")
+    e.add_argument("--resize-size", type=int, default=0,
+                   help="short side before the centre crop (default: the recipe's, or input size x 256/224)")
     e.set_defaults(func=_export)
 
     le = sub.add_parser("linear-eval", help="paper protocol linear evaluation of a frozen trunk")

@@ -76,14 +76,24 @@ def describe_training(record: dict) -> str:
                                     " The schedule was NOT completed: this is an intermediate model."))
 
 
-def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: str = "") -> Path:
-    """Write the run's trunk as a model folder that btembed.Embedder.from_pretrained loads."""
+def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: str = "", input_size: int = 0,
+               resize_size: int = 0) -> Path:
+    """Write the run's trunk as a model folder that btembed.Embedder.from_pretrained loads.
+
+    input_size/resize_size override the recipe's inference preprocessing (a CNN trained on random-resized crops
+    often embeds best somewhat above its training resolution; measure it on a dev set).
+    """
     ck = load_checkpoint(run_dir)
     if ck is None:
         raise ConfigError(f"{run_dir} has no {CHECKPOINT}; pass the --out folder of a training run")
     config = TrainConfig.from_dict(ck["config"])
-    input_size = config.export_input_size or config.image_size
-    resize = config.export_resize_size or round(input_size * 256 / 224)
+    recipe_size = config.export_input_size or config.image_size
+    input_size = input_size or recipe_size
+    # The recipe's resize belongs to the recipe's crop size; another crop size keeps the usual 256/224 ratio.
+    recipe_resize = config.export_resize_size if input_size == recipe_size else 0
+    resize = resize_size or recipe_resize or round(input_size * 256 / 224)
+    if resize < input_size:
+        raise ConfigError(f"resize size {resize} is smaller than the input size {input_size}")
     record = training_record(ck, config)
     model_config = ModelConfig(
         architecture=config.architecture,

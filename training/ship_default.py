@@ -89,10 +89,13 @@ def main(argv=None) -> int:
     ap.add_argument("--eval", type=Path, required=True, help="JSON written by python -m training.dev_eval --out")
     ap.add_argument("--data-manifest", type=Path, required=True, help="manifest.json of training.offline_photos")
     ap.add_argument("--license", default="other")
+    ap.add_argument("--input-size", type=int, default=0, help="inference crop size (default: the recipe's)")
+    ap.add_argument("--resize-size", type=int, default=0, help="short side before the crop (default: x 256/224)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_dir = export_run(args.run, Path(tmp) / "fp32", name=args.name, license=args.license)
+        fp32_dir = export_run(args.run, Path(tmp) / "fp32", name=args.name, license=args.license,
+                              input_size=args.input_size, resize_size=args.resize_size)
         photos = photo_sample()
         fp32 = Embedder.from_pretrained(fp32_dir, backend="torch").embed(photos)
         config = ModelConfig.load(fp32_dir)
