@@ -31,6 +31,7 @@ PY = sys.executable
 # (name, --backend, --precision): the default and the other candidate paths of `btembed index`.
 PATHS = [("onnxruntime fp32 (default)", "auto", "fp32"), ("torch channels_last bf16", "torch", "bf16"),
          ("onnxruntime int8", "onnx", "int8")]
+PASSIVE = "torch channels_last bf16, OMP_WAIT_POLICY=PASSIVE"
 INDEX_BATCH = 64  # `btembed index --batch-size` default
 # Runs a btembed command in a fresh process with the old DataLoader decode (for the "before" row).
 WITH_PROCESSES = ("import sys; from btembed.embedder import Embedder; Embedder.decode_pool = 'process'; "
@@ -173,12 +174,12 @@ def shown(cmd: list[str]) -> str:
     return text.replace(f"{PY} -c {WITH_PROCESSES}", "<Embedder.decode_pool='process'> btembed")
 
 
-def e2e(name: str, cmd: list[str], n: int, db: Path) -> dict:
+def e2e(name: str, cmd: list[str], n: int, db: Path, env: dict | None = None) -> dict:
     """A cold `btembed index` run over a fresh --db."""
     import shutil
 
     shutil.rmtree(db, ignore_errors=True)
-    r = run_child(cmd)
+    r = run_child(cmd, env)
     report = json.loads(r["stdout"])
     if report["embedded"] != n:
         raise SystemExit(f"{name}: embedded {report['embedded']} of {n}")
@@ -302,6 +303,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="use only the first N photos (quick check)")
     ap.add_argument("--repeat", type=int, default=2, help="repeats of each e2e run and lever (median)")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-levers", action="store_true", help="skip the in-process thread/batch lever sweep")
     ap.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
     args = ap.parse_args(argv)
     os.environ.setdefault("BTEMBED_CACHE", str(args.work / "cache"))
@@ -348,20 +350,26 @@ def main(argv=None) -> int:
     runs: dict = {r["path"]: [] for r in rows}
     before = "onnxruntime fp32, DataLoader processes (before)"
     runs[before] = []
+    runs[PASSIVE] = []
     for _ in range(args.repeat):
         for name, backend, precision in PATHS:
             cmd = index_cmd(photos, args.work / "db", model, backend, precision)
             runs[name].append(e2e(name, cmd, n, args.work / "db"))
         cmd = [PY, "-c", WITH_PROCESSES, *index_cmd(photos, args.work / "db", model, "auto", "fp32")[3:]]
         runs[before].append(e2e(before, cmd, n, args.work / "db"))
+        # libgomp's threads spin after each parallel region by default, taking the core a decode thread wants.
+        cmd = index_cmd(photos, args.work / "db", model, "torch", "bf16")
+        runs[PASSIVE].append(e2e(PASSIVE, cmd, n, args.work / "db", env={"OMP_WAIT_POLICY": "PASSIVE"}))
     rows.append({"path": before, "model_only_img_per_s": rows[0]["model_only_img_per_s"]})
+    rows.append({"path": PASSIVE, "model_only_img_per_s": rows[1]["model_only_img_per_s"],
+                 "model_only_note": "the torch bf16 row's model-only figure (measured with spinning threads)"})
     naive_ips = result["naive"]["img_per_s"]
     for r in rows:
         rs = runs[r["path"]]
         r["e2e_img_per_s"] = statistics.median(x["img_per_s"] for x in rs)
         r["e2e_seconds_runs"] = [x["seconds"] for x in rs]
         r["peak_rss_mib"] = max(x["peak_rss_mib"] for x in rs)
-        r["command"] = rs[0]["command"]
+        r["command"] = ("OMP_WAIT_POLICY=PASSIVE " if r["path"] == PASSIVE else "") + rs[0]["command"]
         r["e2e_over_model_only"] = r["e2e_img_per_s"] / r["model_only_img_per_s"]
         r["e2e_over_naive"] = r["e2e_img_per_s"] / naive_ips
         # 2 cores shared by decode and model: the most this path can do without decode workers of its own.
@@ -369,7 +377,7 @@ def main(argv=None) -> int:
         r["two_core_bound_img_per_s"] = cores() * 1000 / (model_core_ms + result["decode"]["draft_decode_resize_core_ms"])
     result["paths"] = rows
     say("levers")
-    result["levers"] = levers(model, files, args.repeat)
+    result["levers"] = [] if args.skip_levers else levers(model, files, args.repeat)
     result["device_decode_on_cpu_img_per_s"] = device_decode_cpu(model, files)
     say("(d) cold search")
     result["search"] = search_cold(args.small, files[0], 5)
