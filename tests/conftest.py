@@ -68,3 +68,26 @@ def make_model_dir(folder, architecture="resnet18", input_size=64, resize_size=7
 def tiny_model_dir(tmp_path_factory):
     """A random-init resnet18 model folder at 64 px input."""
     return make_model_dir(tmp_path_factory.mktemp("models") / "tiny-r18")
+
+
+def run_torchrun(cmd: list[str], cwd, env: dict, timeout: float):
+    """Run a torchrun command in its own session -> (returncode, stderr); on timeout or Ctrl-C SIGTERM it first,
+    so torchrun stops its workers (each in a session of its own, out of reach of a kill aimed at torchrun) before
+    it exits; a bare SIGKILL, as subprocess.run's timeout sends, orphaned them."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        raise
+    return proc.returncode, stderr

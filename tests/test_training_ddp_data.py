@@ -1,8 +1,6 @@
 """Data trouble under DDP (2 gloo processes, torchrun): one rank's data error stops all ranks; bad files count globally."""
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +11,8 @@ from PIL import Image
 
 from training.config import load_recipe
 from training.data import ResumableSampler
+
+from conftest import run_torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 N_FILES = 16  # cpu-tiny: global batch 8 = 4 per rank, 2 steps per epoch, no file dropped
@@ -48,20 +48,8 @@ def torchrun_fit(data: Path, out: Path, *overrides: str, timeout: float = 240) -
            "--monitor-interval=2", "-m", "training", "fit", "--recipe", "cpu-tiny", "--data", str(data),
            "--out", str(out), "--no-progress", *overrides]
     started = time.monotonic()
-    # As in test_training_distributed: own session; on timeout SIGTERM first so torchrun stops its workers.
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=timeout)
-    except BaseException:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        raise
-    return proc.returncode, stderr, time.monotonic() - started
+    code, stderr = run_torchrun(cmd, REPO, env, timeout)
+    return code, stderr, time.monotonic() - started
 
 
 def test_data_error_on_one_rank_stops_every_rank(tmp_path):

@@ -1,7 +1,5 @@
 """Two gloo processes under torchrun compute the same loss and gradients as one process on the whole batch."""
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from training.loss import BarlowTwinsLoss
 
 sys.path.insert(0, str(Path(__file__).parent))
 from training_dist_worker import fixed_batch, images, tiny_net  # noqa: E402
+from conftest import run_torchrun  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,22 +25,9 @@ def two_ranks(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tests" / "training_dist_worker.py"), str(out)]
-    # Own session, and on timeout or Ctrl-C a SIGTERM first: torchrun then stops its workers (each in a session of
-    # its own, out of reach of a kill aimed at torchrun) before it exits. A bare SIGKILL, as subprocess.run's
-    # timeout sends, orphaned them. The workers also exit by themselves when torchrun dies (exit_with_parent).
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    except BaseException:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    # run_torchrun: own session, SIGTERM first on timeout (workers also exit with their parent).
+    code, stderr = run_torchrun(cmd, REPO, env, 300)
+    assert code == 0, stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
