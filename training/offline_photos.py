@@ -96,16 +96,16 @@ class Pool:
         # Some clip-art is a single flat colour once composited (e.g. white strokes on transparency).
         if float(np.asarray(im.convert("L")).std()) < 1.0:
             return skip("blank")
-        self._write(src, item, im, f"{self.subdir}/{src.name}/{item.rel}", raw_hash, orig_size, stats, "written")
+        self._write(src, item, im, f"{self.subdir}/{src.name}/{item.rel}", raw_hash, orig_size, stats)
         if src.tiles:
             for k, tile in enumerate(tiles(full)):
                 self._write(src, item, shrink(tile), f"{self.subdir}/{src.name}-tiles/{item.rel}-t{k}", raw_hash,
-                            orig_size, stats, "tiles_written")
+                            orig_size, stats, tile=True)
         return True
 
     def _write(self, src: Source, item: Item, im: Image.Image, rel: str, raw_hash: str,
-               orig_size: tuple[int, int], stats: dict, counter: str) -> None:
-        """Encode one picture under a free name and record its manifest row."""
+               orig_size: tuple[int, int], stats: dict, tile: bool = False) -> None:
+        """Encode one picture (or a tile of it) under a free name and record its manifest row."""
         path = self.out / f"{rel}.{src.fmt}"
         n = 1
         while path.exists():  # two inputs can map to one safe name (e.g. foo.png and foo.jpg)
@@ -117,8 +117,9 @@ class Pool:
             "path": path.relative_to(self.out).as_posix(), "source": src.name, "inner_path": item.inner,
             "sha256": raw_hash, "orig_size": list(orig_size), "size": list(im.size), "mode": im.mode,
             "licence": item.licence or src.licence, **({"copyright": item.copyright} if item.copyright else {}),
-            **({"tile_of": item.inner} if counter == "tiles_written" else {}),
+            **({"tile_of": item.inner} if tile else {}),
         })
+        counter = "tiles_written" if tile else "written"
         stats[counter] = stats.get(counter, 0) + 1
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import ModelError
-from ..hub import ONNX_FILE, WEIGHTS_FILE, verify_file
+from ..hub import ONNX_FILE, WEIGHTS_FILE, shared_location, verify_file
 
 INT8_FILE = "model.int8.onnx"
 INPUT_NAME = "pixels"
@@ -79,14 +79,6 @@ def user_cache_dir() -> Path:
     return Path(base).expanduser() / "btembed" / "onnx"
 
 
-def _shared_folder(folder: Path) -> bool:
-    """True for folders we must not write into even when we could: installed packages (the embedded models too,
-    also in an editable install) and the HF hub cache."""
-    from ..hub import shared_location
-
-    return shared_location(folder) is not None
-
-
 def _writable(folder: Path) -> bool:
     """Whether a cache folder can be created and written (tried for real: read-only mounts fool os.access)."""
     try:
@@ -102,7 +94,8 @@ def _writable(folder: Path) -> bool:
 def cache_candidates(folder: Path, config: ModelConfig) -> list[Path]:
     """Where a cached export may live, preferred first: next to the model, then the user cache."""
     name = f"{export_key(config)}.onnx"
-    local = [] if _shared_folder(folder) else [folder / ".onnx-cache" / name]
+    # Never next to a shared copy (HF cache snapshot, embedded or installed package), even when writable.
+    local = [] if shared_location(folder) else [folder / ".onnx-cache" / name]
     return local + [user_cache_dir() / name]
 
 
