@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the console script."""
+    # Every command here is inference beside decode threads: libgomp's default spin-waiting between torch ops
+    # takes the cores the decoders need (bench/pipeline.py: torch bf16 index +11 %). Read when torch loads,
+    # which is after this line; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

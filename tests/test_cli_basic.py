@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 
 def btembed(*args, env=None, timeout=120):
@@ -55,3 +56,17 @@ def test_unreleased_model_offline_fails_fast_with_one_sentence(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "local Hugging Face cache" in out.stderr and "offline" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_openmp_threads_sleep_instead_of_spinning_unless_user_chose(monkeypatch):
+    from btembed.cli import main
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "unset-marker")
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
