@@ -27,14 +27,23 @@ from .dev_eval import markdown
 from .export import export_run
 
 FP16_TOLERANCE = 1e-3
-DESCRIPTION = ("The embedded default: a small Barlow Twins ResNet-18 trained by btembed's training package on ~4,400 "
-               "public images on 2 CPU cores; use btembed/r50 for real work.")
-LIMITS = (
-    "A small ResNet-18 trained for about an hour on two CPU cores, on ~4,400 public images (wallpapers, nebula "
-    "photos, game textures, clip-art, animal photos): useful for near-duplicates and visual similarity of "
-    "colour, texture and layout, far weaker on object semantics than btembed/r50 (ImageNet-scale training).",
-    "Input is 112 px: fine detail in large photos is not seen.",
-)
+
+
+def description(images: int) -> str:
+    """The registry's one-line description of the embedded default."""
+    return (f"The embedded default: a small Barlow Twins ResNet-18 trained by btembed's training package on {images:,} "
+            "public images on 2 CPU cores; use btembed/r50 for real work.")
+
+
+def limits(images: int, hours: str, input_size: int) -> list[str]:
+    """The card's limits, stated with this run's own figures."""
+    return [
+        f"A small ResNet-18 trained for {hours} on two CPU cores, on {images:,} public images (wallpapers, nebula "
+        "photos, game textures, clip-art, Fashion-MNIST items, animal photos): useful for near-duplicates and visual "
+        "similarity of colour, texture, shape and layout, far weaker on object semantics than btembed/r50 "
+        "(ImageNet-scale training).",
+        f"Input is {input_size} px: fine detail in large photos is not seen.",
+    ]
 
 
 def photo_sample() -> list[np.ndarray]:
@@ -103,7 +112,9 @@ def main(argv=None) -> int:
         manifest = json.loads(args.data_manifest.read_text())
         config.metrics.update(dev_metrics(evaluation["rows"]))
         config.training["data_sources"] = data_summary(manifest)
-        config.training["limits"] = list(LIMITS)
+        images = sum(int(v.get("count") or 0) for v in config.training["data_sources"].values())
+        config.training["limits"] = limits(images, config.training.get("time", "a short run"),
+                                           config.preprocess.input_size)
         target = embedded_dir() / args.folder
         staging = Path(tmp) / "ship"
         encoder = Encoder.from_pretrained(fp32_dir)
@@ -136,7 +147,7 @@ def main(argv=None) -> int:
         shutil.copytree(staging, target)
     # Not uploaded anywhere (yet): an unreleased entry, embedded in the package and made the default.
     set_entry(args.name, entry_from_folder(target, repo_id=args.name, revision=None, embedded=args.folder,
-                                           description=DESCRIPTION), make_default=True)
+                                           description=description(images)), make_default=True)
     print(f"shipped {args.name} → {target}, registered as the default in btembed/registry.json", file=sys.stderr)
     return 0
 
