@@ -1,4 +1,5 @@
-"""Data trouble under DDP (2 gloo processes, torchrun): one rank's data error stops all ranks; bad files count globally."""
+"""Trouble under DDP (2 gloo processes, torchrun): one rank's data or disk error stops all ranks; bad files count
+globally."""
 import json
 import os
 import sys
@@ -39,13 +40,14 @@ def make_data(folder: Path, bad: list[int]) -> list[Path]:
     return [paths[i] for i in bad]
 
 
-def torchrun_fit(data: Path, out: Path, *overrides: str, timeout: float = 240) -> tuple[int, str, float]:
+def torchrun_fit(data: Path, out: Path, *overrides: str, timeout: float = 240,
+                 entry: tuple[str, ...] = ("-m", "training")) -> tuple[int, str, float]:
     """`torchrun --nproc_per_node=2 -m training fit` on cpu-tiny; returns (exit code, stderr, seconds)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     # The agent looks at its workers every 2 s: a rank that stops by itself has time to say so before the agent
     # would tear it down after the other rank's exit.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "--monitor-interval=2", "-m", "training", "fit", "--recipe", "cpu-tiny", "--data", str(data),
+           "--monitor-interval=2", *entry, "fit", "--recipe", "cpu-tiny", "--data", str(data),
            "--out", str(out), "--no-progress", *overrides]
     started = time.monotonic()
     code, stderr = run_torchrun(cmd, REPO, env, timeout)
@@ -76,3 +78,15 @@ def test_bad_file_count_is_summed_over_ranks(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["bad_files"] for r in records] == [2, 0]  # step 1 had them, on rank 1
     assert all(f"skipping unreadable file {p}" in stderr for p in bad)  # said by rank 0
+
+
+def test_checkpoint_write_failing_on_rank0_stops_every_rank(tmp_path):
+    make_data(tmp_path / "data", [])
+    worker = str(REPO / "tests" / "training_side_failure_worker.py")  # rank 0's disk is full
+    code, stderr, seconds = torchrun_fit(tmp_path / "data", tmp_path / "run", "epochs=1", entry=(worker,))
+    assert code != 0
+    assert seconds < 90, f"took {seconds:.0f} s"
+    assert "No space left on device" in stderr, stderr[-3000:]
+    # Rank 1 hears of it in the agreement after the write instead of finding rank 0 gone in its next collective.
+    assert "training: error: process 0 of 2 failed while writing the checkpoint of step 2" in stderr, stderr[-3000:]
+    assert "Connection closed by peer" not in stderr, stderr[-3000:]

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from btembed.errors import BtembedError
 
 
 @dataclass
@@ -50,6 +53,38 @@ def teardown() -> None:
 def is_distributed() -> bool:
     """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class PeerFailed(BtembedError):
+    """Another process of the run failed; this one stops too."""
+
+
+def failed_ranks(failed: bool, device: torch.device) -> list[int]:
+    """All ranks: the ranks that report a failure (one small all_reduce; [0] or [] outside a process group)."""
+    if not is_distributed():
+        return [0] if failed else []
+    votes = torch.zeros(dist.get_world_size(), dtype=torch.int64, device=device)
+    votes[dist.get_rank()] = int(failed)
+    dist.all_reduce(votes)
+    return [r for r, v in enumerate(votes.tolist()) if v]
+
+
+@contextmanager
+def stop_together(what: str, device: torch.device):
+    """Run a block that may fail on some ranks only (rank 0's files, its monitor): if it fails anywhere, every rank
+    raises when leaving it, instead of the others waiting for the failed one in their next collective."""
+    # Every rank must enter and leave the block at the same point of the run: the agreement is a collective.
+    error = None
+    try:
+        yield
+    except Exception as e:  # re-raised below, after the other ranks have heard of it
+        error = e
+    failed = failed_ranks(error is not None, device)
+    if error is not None:
+        raise error
+    if failed:
+        raise PeerFailed(f"process {', '.join(map(str, failed))} of {dist.get_world_size()} failed while {what} "
+                         "(its own message says why); stopping too")
 
 
 class _AllReduceSum(torch.autograd.Function):

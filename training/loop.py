@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, TrainConfig
 from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch
-from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, teardown
+from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, stop_together, teardown
 from .lars import LARS, lr_scale, param_groups, set_lr
 from .loss import BarlowTwinsLoss
 from .metrics import HealthLog
@@ -158,10 +158,11 @@ class Trainer:
         self.step, self.bad_files, self.bad_examples, self.elapsed = 0, 0, [], 0.0
         self.last_metrics: dict = {}
         self.monitor = None
-        if c.monitor_data and rt.is_main:
-            from .monitor import KnnMonitor
+        with stop_together("building the kNN monitor", rt.device):
+            if c.monitor_data and rt.is_main:
+                from .monitor import KnnMonitor
 
-            self.monitor = KnnMonitor(c.monitor_data, c)
+                self.monitor = KnnMonitor(c.monitor_data, c)
         if self.checkpoint:
             self._restore(self.checkpoint)
 
@@ -200,8 +201,9 @@ class Trainer:
     def save(self, finished: bool = False) -> None:
         """Checkpoint (all ranks take part in gathering RNG states; rank 0 writes)."""
         state = self.state(finished)
-        if self.rt.is_main:
-            save_checkpoint(state, self.run_dir)
+        with stop_together(f"writing the checkpoint of step {self.step}", self.rt.device):
+            if self.rt.is_main:
+                save_checkpoint(state, self.run_dir)
 
     def train_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
         """One optimizer step on a local batch of uint8 views; returns (loss, z1, trunk features)."""
@@ -223,22 +225,23 @@ class Trainer:
     def fit(self) -> dict:
         """Train until the schedule (or max_steps) ends; returns the last health record."""
         c, rt = self.config, self.rt
-        if rt.is_main and self.run_dir.is_dir():
-            remove_stale_temp_files(self.run_dir)  # what a write killed in an earlier session left
+        with stop_together("clearing stale files from the run folder", rt.device):
+            if rt.is_main and self.run_dir.is_dir():
+                remove_stale_temp_files(self.run_dir)  # what a write killed in an earlier session left
         if self.checkpoint and self.checkpoint.get("finished"):
             self._say(f"{self.run_dir} is already finished ({self.step} steps); nothing to do")
             return self.last_metrics
-        if rt.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         health = HealthLog(self.run_dir if rt.is_main else None, c, self.total_steps, write=self._say)
-        if rt.is_main:
-            health.truncate(self.step)
-            self._say(f"training {c.architecture} on {len(self.files)} images ({c.recipe}), {rt.world_size} "
-                      f"process(es) on {rt.device.type}, {self.total_steps} steps of global batch {c.batch_size}"
-                      + (f", resuming at step {self.step}" if self.step else ""))
+        with stop_together("preparing the run folder", rt.device):
+            if rt.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                health.truncate(self.step)
+                self._say(f"training {c.architecture} on {len(self.files)} images ({c.recipe}), {rt.world_size} "
+                          f"process(es) on {rt.device.type}, {self.total_steps} steps of global batch {c.batch_size}"
+                          + (f", resuming at step {self.step}" if self.step else ""))
+                if self.step == 0 and self.monitor is not None:  # the random-init baseline the monitor is compared to
+                    health.note({"step": 0, "epoch": 0, **self._monitor()})
         last = self.total_steps if not c.max_steps else min(self.total_steps, c.max_steps)
-        if self.step == 0 and self.monitor is not None:  # the random-init baseline the monitor is compared to
-            health.note({"step": 0, "epoch": 0, **self._monitor()})
         with _StopFlag() as stop, tqdm(total=last, initial=self.step, disable=not (self.progress and rt.is_main),
                                        unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
             while self.step < last:
@@ -252,8 +255,10 @@ class Trainer:
                     health.update(loss, self.loss_fn.parts, z1, h1, x1.shape[0] * rt.world_size, bad)
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     if self.step % c.log_every == 0 or end_of_epoch or self.step == last:
-                        extra = self._monitor() if end_of_epoch and self._monitor_due() else None
-                        self.last_metrics = health.emit(self.step, epoch, self.optimizer.param_groups[0]["lr"], extra)
+                        with stop_together(f"logging step {self.step}", rt.device):
+                            extra = self._monitor() if end_of_epoch and self._monitor_due() else None
+                            self.last_metrics = health.emit(self.step, epoch, self.optimizer.param_groups[0]["lr"],
+                                                            extra)
                         bar.set_postfix(loss=f"{self.last_metrics['loss']:.1f}",
                                         rank=f"{self.last_metrics['rankme']:.0f}")
                     signum = stop.agreed(rt.device)
