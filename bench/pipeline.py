@@ -372,8 +372,8 @@ def main(argv=None) -> int:
         r["e2e_img_per_s"] = statistics.median(x["img_per_s"] for x in rs)
         r["e2e_seconds_runs"] = [x["seconds"] for x in rs]
         r["peak_rss_mib"] = max(x["peak_rss_mib"] for x in rs)
-        r["command"] = ("OMP_WAIT_POLICY=ACTIVE GOMP_SPINCOUNT=300000 " if r["path"] == SPINNING else "") \
-            + rs[0]["command"]
+        spin = "".join(f"{k}={v} " for k, v in SPINNING_ENV.items())
+        r["command"] = (spin if r["path"] == SPINNING else "") + rs[0]["command"]
         r["e2e_over_model_only"] = r["e2e_img_per_s"] / r["model_only_img_per_s"]
         r["e2e_over_naive"] = r["e2e_img_per_s"] / naive_ips
         # 2 cores shared by decode and model: the most this path can do without decode workers of its own.

@@ -112,9 +112,8 @@ def main(argv=None) -> int:
         manifest = json.loads(args.data_manifest.read_text())
         config.metrics.update(dev_metrics(evaluation["rows"]))
         config.training["data_sources"] = data_summary(manifest)
-        images = sum(int(v.get("count") or 0) for v in config.training["data_sources"].values())
-        config.training["limits"] = limits(images, config.training.get("time", "a short run"),
-                                           config.preprocess.input_size)
+        images = config.training["data_details"]["images"]  # what the run trained on, as export recorded it
+        config.training["limits"] = limits(images, config.training["time"], config.preprocess.input_size)
         target = embedded_dir() / args.folder
         staging = Path(tmp) / "ship"
         encoder = Encoder.from_pretrained(fp32_dir)
