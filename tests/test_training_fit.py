@@ -199,3 +199,47 @@ def test_linear_eval_paper_protocol_at_tiny_size(reference_run, tiny_data, tmp_p
     fast = linear_eval(model, labeled, config=LinearEvalConfig(epochs=30, batch_size=8, num_workers=0,
                                                                augment=False), device="cpu")
     assert fast["top1"] >= 0.5
+
+
+def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_path):
+    """The shipping path of the embedded default, into a copy of weights/ and registry.json (never the package's)."""
+    import shutil
+
+    from btembed import Embedder
+    from hub.registry_tools import REGISTRY_PATH, read_registry
+
+    fp32 = tmp_path / "fp32"
+    assert run(["export", str(reference_run[0]), "--out", str(fp32)]).returncode == 0
+    labeled = tiny_data[1]  # 6 classes x 4 crops: one dev task called "labeled"
+    evaluation, manifest, registry = tmp_path / "dev.json", tmp_path / "manifest.json", tmp_path / "registry.json"
+    proc = subprocess.run([sys.executable, "-m", "training.dev_eval", str(fp32), "--dev", str(labeled.parent),
+                           "--tasks", "labeled", "--folds", "2", "--out", str(evaluation)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(evaluation.read_text())["rows"]
+    assert [r["features"] for r in rows] == ["model", "random-init", "raw32"]
+    assert all(r["images"] == 24 and 0.0 <= r["linear_top1"] <= 1.0 for r in rows)
+    manifest.write_text(json.dumps({"sources": {"skimage": {"package": "scikit-image", "version": "test",
+                                                            "licence": "BSD-3-Clause", "file_count": 24}}}))
+    shutil.copy(REGISTRY_PATH, registry)
+    before = REGISTRY_PATH.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "training.ship_default", str(reference_run[0]), "--name", "test/ship",
+                           "--folder", "ship", "--eval", str(evaluation), "--data-manifest", str(manifest),
+                           "--weights-root", str(tmp_path / "weights"), "--registry", str(registry)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert REGISTRY_PATH.read_bytes() == before  # the package's own registry is untouched
+    shipped = tmp_path / "weights" / "ship"
+    config = json.loads((shipped / "config.json").read_text())
+    assert config["name"] == "test/ship" and config["training"]["weights_storage"].startswith("fp16")
+    assert config["metrics"]["dev/labeled/model/linear_top1"]["value"] == round(rows[0]["linear_top1"], 4)
+    assert config["training"]["data_sources"]["skimage"]["count"] == 24
+    card = (shipped / "README.md").read_text()
+    assert "## Development-set evaluation" in card and "- labeled: linear" in card and "| skimage |" in card
+    entry = read_registry(registry)
+    assert entry["default"] == "test/ship" and entry["models"]["test/ship"]["embedded"] == "ship"
+    # fp16 storage stays within the shipping tolerance of the fp32 export.
+    photos = [p for p in sorted(tiny_data[0].rglob("*.jpg")) if p.stat().st_size][:6]
+    a = Embedder.from_pretrained(fp32, backend="torch").embed(photos)
+    b = Embedder.from_pretrained(shipped, backend="torch").embed(photos)
+    assert np.abs(a - b).max() <= 1e-3

@@ -21,7 +21,7 @@ from btembed.card import render_card
 from btembed.config import ModelConfig
 from btembed.hub import embedded_dir
 
-from hub.registry_tools import entry_from_folder, set_entry
+from hub.registry_tools import REGISTRY_PATH, entry_from_folder, set_entry
 
 from .dev_eval import markdown
 from .export import export_run
@@ -100,6 +100,9 @@ def main(argv=None) -> int:
     ap.add_argument("--license", default="other")
     ap.add_argument("--input-size", type=int, default=0, help="inference crop size (default: the recipe's)")
     ap.add_argument("--resize-size", type=int, default=0, help="short side before the crop (default: x 256/224)")
+    # Both default to this checkout's package; other values ship into a copy (tests, a release branch's tree).
+    ap.add_argument("--weights-root", type=Path, default=None, help="models folder (default: btembed/weights)")
+    ap.add_argument("--registry", type=Path, default=REGISTRY_PATH, help="registry.json to update")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
         config.training["data_sources"] = data_summary(manifest)
         images = config.training["data_details"]["images"]  # what the run trained on, as export recorded it
         config.training["limits"] = limits(images, config.training["time"], config.preprocess.input_size)
-        target = embedded_dir() / args.folder
+        target = (args.weights_root or embedded_dir()) / args.folder
         staging = Path(tmp) / "ship"
         encoder = Encoder.from_pretrained(fp32_dir)
         encoder.config = config
@@ -146,8 +149,8 @@ def main(argv=None) -> int:
         shutil.copytree(staging, target)
     # Not uploaded anywhere (yet): an unreleased entry, embedded in the package and made the default.
     set_entry(args.name, entry_from_folder(target, repo_id=args.name, revision=None, embedded=args.folder,
-                                           description=description(images)), make_default=True)
-    print(f"shipped {args.name} → {target}, registered as the default in btembed/registry.json", file=sys.stderr)
+                                           description=description(images)), make_default=True, path=args.registry)
+    print(f"shipped {args.name} → {target}, registered as the default in {args.registry}", file=sys.stderr)
     return 0
 
 
