@@ -42,9 +42,9 @@ def tiny_data(tmp_path_factory):
     return photos, labeled
 
 
-def run(args, **kwargs):
-    """python -m training ... in the repo, returning the CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, env=ENV, capture_output=True,
+def run(args, module="training", **kwargs):
+    """python -m MODULE ... (default: python -m training) in the repo, returning the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=300, **kwargs)
 
 
@@ -212,9 +212,8 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     assert run(["export", str(reference_run[0]), "--out", str(fp32)]).returncode == 0
     labeled = tiny_data[1]  # 6 classes x 4 crops: one dev task called "labeled"
     evaluation, manifest, registry = tmp_path / "dev.json", tmp_path / "manifest.json", tmp_path / "registry.json"
-    proc = subprocess.run([sys.executable, "-m", "training.dev_eval", str(fp32), "--dev", str(labeled.parent),
-                           "--tasks", "labeled", "--folds", "2", "--out", str(evaluation)],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = run([str(fp32), "--dev", str(labeled.parent), "--tasks", "labeled", "--folds", "2",
+                "--out", str(evaluation)], module="training.dev_eval")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(evaluation.read_text())["rows"]
     assert [r["features"] for r in rows] == ["model", "random-init", "raw32"]
@@ -223,10 +222,9 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
                                                             "licence": "BSD-3-Clause", "file_count": 24}}}))
     shutil.copy(REGISTRY_PATH, registry)
     before = REGISTRY_PATH.read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "training.ship_default", str(reference_run[0]), "--name", "test/ship",
-                           "--folder", "ship", "--eval", str(evaluation), "--data-manifest", str(manifest),
-                           "--weights-root", str(tmp_path / "weights"), "--registry", str(registry)],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = run([str(reference_run[0]), "--name", "test/ship", "--folder", "ship", "--eval", str(evaluation),
+                "--data-manifest", str(manifest), "--weights-root", str(tmp_path / "weights"),
+                "--registry", str(registry)], module="training.ship_default")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert REGISTRY_PATH.read_bytes() == before  # the package's own registry is untouched
     shipped = tmp_path / "weights" / "ship"

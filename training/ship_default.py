@@ -101,7 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--input-size", type=int, default=0, help="inference crop size (default: the recipe's)")
     ap.add_argument("--resize-size", type=int, default=0, help="short side before the crop (default: x 256/224)")
     # Both default to this checkout's package; other values ship into a copy (tests, a release branch's tree).
-    ap.add_argument("--weights-root", type=Path, default=None, help="models folder (default: btembed/weights)")
+    ap.add_argument("--weights-root", type=Path, default=embedded_dir(),
+                    help="models folder (default: btembed/weights)")
     ap.add_argument("--registry", type=Path, default=REGISTRY_PATH, help="registry.json to update")
     args = ap.parse_args(argv)
 
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
         config.training["data_sources"] = data_summary(manifest)
         images = config.training["data_details"]["images"]  # what the run trained on, as export recorded it
         config.training["limits"] = limits(images, config.training["time"], config.preprocess.input_size)
-        target = (args.weights_root or embedded_dir()) / args.folder
+        target = args.weights_root / args.folder
         staging = Path(tmp) / "ship"
         encoder = Encoder.from_pretrained(fp32_dir)
         encoder.config = config
