@@ -4,8 +4,10 @@
                              [--work /work/data/bench-pipeline] [--limit N] [--out bench/results/pipeline.json]
 
 (a) naive loop: PIL full decode + torchvision Resize/CenterCrop/Normalize + eager fp32 NCHW torch, batch 16;
-(b) model-only img/s of each backend path on pre-decoded uint8 NHWC batches (same batch size as the index);
+(b) model-only img/s of each backend path on pre-decoded uint8 NHWC batches (same batch size as the index), on
+    2 threads and on 1 (its core cost, for the core-cost bound: 2 cores / (model + decode core-ms));
 (c) `btembed index` as a whole cold command (subprocess, fresh --db) per path, its wall time and peak RSS;
+    (b) and (c) alternate round by round, and each figure is the median of --repeat rounds;
 levers: decode threads/processes vs onnxruntime threads, spinning, batch size, read-ahead (in-process, warm);
 (d) cold `btembed search DIR QUERY` on the indexed 10k-file folder, and whether it imported torch;
 (e) peak RSS of `btembed index` on 1k vs 10k files and at two batch sizes.
@@ -152,17 +154,27 @@ def decode_costs(files: list[Path], cfg) -> dict:
             "full_decode_resize_core_ms": per_image(lambda f: resize_and_crop(Image.open(f).convert("RGB"), cfg))}
 
 
-def model_only(folder: Path, pixels: np.ndarray, backend: str, precision: str, batch: int) -> float:
-    """img/s of the backend on pre-decoded uint8 batches (one warm-up batch first)."""
+def model_only(folder: Path, pixels: np.ndarray, backend: str, precision: str, batch: int,
+               threads: int | None = None) -> float:
+    """img/s of the backend on pre-decoded uint8 batches (one warm-up batch first), on `threads` threads."""
+    import torch
+
     from btembed.backends import load_backend
     from btembed.config import ModelConfig
 
     b = load_backend(backend, folder, ModelConfig.load(folder), device="cpu", precision=precision)
-    b(pixels[:batch])
-    t = time.perf_counter()
-    for start in range(0, len(pixels), batch):
-        b(pixels[start:start + batch])
-    return len(pixels) / (time.perf_counter() - t)
+    threads = threads or cores()
+    if hasattr(b, "session"):
+        b.session = onnx_session(b.path, threads, spinning=True)
+    torch.set_num_threads(threads)
+    try:
+        b(pixels[:batch])
+        t = time.perf_counter()
+        for start in range(0, len(pixels), batch):
+            b(pixels[start:start + batch])
+        return len(pixels) / (time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(cores())
 
 
 def index_cmd(folder: Path, db: Path, model: Path, backend: str, precision: str, batch: int = INDEX_BATCH,
@@ -342,20 +354,18 @@ def main(argv=None) -> int:
     say("(a) naive loop")
     result["naive"] = naive(files, model)
     result["naive"]["command"] = "python bench/pipeline.py (naive loop, in-process)"
-    say("(b) model-only")
+    say("(b) model-only, and (c) end to end, cold `btembed index`, interleaved round by round")
     pixels = np.stack([load_pixels(f, cfg) for f in files])
-    rows = []
-    for name, backend, precision in PATHS:
-        rows.append({"path": name, "model_only_img_per_s": model_only(model, pixels, backend, precision,
-                                                                      INDEX_BATCH)})
-    del pixels
-    say("(c) end to end, cold `btembed index`")
-    runs: dict = {r["path"]: [] for r in rows}
     before = "onnxruntime fp32, DataLoader processes (before)"
-    runs[before] = []
-    runs[SPINNING] = []
+    runs: dict = {name: [] for name, _, _ in PATHS} | {before: [], SPINNING: []}
+    alone: dict = {name: [] for name, _, _ in PATHS}
+    one_core: dict = {name: [] for name, _, _ in PATHS}
+    # Model-only figures are taken in every round next to the e2e runs, so a slow spell of the shared machine
+    # moves numerator and denominator alike instead of one of them.
     for _ in range(args.repeat):
         for name, backend, precision in PATHS:
+            alone[name].append(model_only(model, pixels, backend, precision, INDEX_BATCH))
+            one_core[name].append(model_only(model, pixels, backend, precision, INDEX_BATCH, threads=1))
             cmd = index_cmd(photos, args.work / "db", model, backend, precision)
             runs[name].append(e2e(name, cmd, n, args.work / "db"))
         cmd = [PY, "-c", WITH_PROCESSES, *index_cmd(photos, args.work / "db", model, "auto", "fp32")[3:]]
@@ -363,6 +373,10 @@ def main(argv=None) -> int:
         # libgomp's threads spin after each parallel region by default, taking the core a decode thread wants.
         cmd = index_cmd(photos, args.work / "db", model, "torch", "bf16")
         runs[SPINNING].append(e2e(SPINNING, cmd, n, args.work / "db", env=SPINNING_ENV))
+    del pixels
+    rows = [{"path": name, "model_only_img_per_s": statistics.median(alone[name]),
+             "model_only_runs": alone[name], "model_only_one_thread_img_per_s": statistics.median(one_core[name])}
+            for name, _, _ in PATHS]
     rows.append({"path": before, "model_only_img_per_s": rows[0]["model_only_img_per_s"]})
     rows.append({"path": SPINNING, "model_only_img_per_s": rows[1]["model_only_img_per_s"],
                  "model_only_note": "the torch bf16 row's model-only figure"})
@@ -377,8 +391,15 @@ def main(argv=None) -> int:
         r["e2e_over_model_only"] = r["e2e_img_per_s"] / r["model_only_img_per_s"]
         r["e2e_over_naive"] = r["e2e_img_per_s"] / naive_ips
         # 2 cores shared by decode and model: the most this path can do without decode workers of its own.
+        decode_ms = result["decode"]["draft_decode_resize_core_ms"]
         model_core_ms = cores() * 1000 / r["model_only_img_per_s"]
-        r["two_core_bound_img_per_s"] = cores() * 1000 / (model_core_ms + result["decode"]["draft_decode_resize_core_ms"])
+        r["two_core_bound_img_per_s"] = cores() * 1000 / (model_core_ms + decode_ms)
+        # The same bound from the model's one-thread cost: a model that scales imperfectly over 2 threads leaves
+        # idle core time that decoding can fill, so this is the tighter ceiling of the whole command.
+        one = r.get("model_only_one_thread_img_per_s")
+        if one:
+            r["core_cost_bound_img_per_s"] = cores() * 1000 / (1000 / one + decode_ms)
+            r["core_cost_bound_over_model_only"] = r["core_cost_bound_img_per_s"] / r["model_only_img_per_s"]
     result["paths"] = rows
     say("levers")
     result["levers"] = [] if args.skip_levers else levers(model, files, args.repeat)
@@ -406,11 +427,13 @@ def report(r: dict) -> None:
     print(f"decode+resize per image, one core: draft {d['draft_decode_resize_core_ms']:.1f} ms, "
           f"full {d['full_decode_resize_core_ms']:.1f} ms")
     print(f"(a) naive loop: {nv['img_per_s']:.1f} img/s ({100 * nv['decode_share']:.0f} % decode+preprocess)")
-    print(f"\n{'path':48} {'model-only':>10} {'e2e':>6} {'e2e/model':>9} {'e2e/naive':>9} {'2-core bound':>12} "
-          f"{'peak RSS':>9}")
+    print(f"\n{'path':48} {'model-only':>10} {'1 thread':>8} {'e2e':>6} {'e2e/model':>9} {'e2e/naive':>9} "
+          f"{'core-cost bound':>15} {'bound/model':>11} {'peak RSS':>9}")
     for p in r["paths"]:
-        print(f"{p['path']:48} {p['model_only_img_per_s']:10.1f} {p['e2e_img_per_s']:6.1f} "
-              f"{p['e2e_over_model_only']:9.2f} {p['e2e_over_naive']:9.2f} {p['two_core_bound_img_per_s']:12.1f} "
+        one, bound = p.get("model_only_one_thread_img_per_s"), p.get("core_cost_bound_img_per_s")
+        print(f"{p['path']:48} {p['model_only_img_per_s']:10.1f} {one or float('nan'):8.1f} "
+              f"{p['e2e_img_per_s']:6.1f} {p['e2e_over_model_only']:9.2f} {p['e2e_over_naive']:9.2f} "
+              f"{bound or float('nan'):15.1f} {p.get('core_cost_bound_over_model_only', float('nan')):11.2f} "
               f"{p['peak_rss_mib']:7.0f} MiB")
     print(f"\nlevers (onnxruntime fp32, warm, in-process):")
     for lv in r["levers"]:
