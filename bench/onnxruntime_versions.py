@@ -35,7 +35,8 @@ session.run(None, {name: x})
 t = time.perf_counter()
 for _ in range(n // batch):
     session.run(None, {name: x})
-print(json.dumps({"version": ort.__version__, "file": ort.__file__, "img_per_s": (n // batch) * batch / (time.perf_counter() - t)}))
+seconds = time.perf_counter() - t
+print(json.dumps({"version": ort.__version__, "file": ort.__file__, "img_per_s": (n // batch) * batch / seconds}))
 """
 
 
