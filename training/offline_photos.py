@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - tqdm is in the venv, but progress bars
 DEFAULT_SEED = 0
 # Caps keep non-photo sources from swamping the ~2k photo-like images (see POOL_NOTES).
 DEFAULT_OPENCLIPART_CAP = 3000
-DEFAULT_FASHION_CAP = 3000
+DEFAULT_FASHION_CAP = 6000  # v5's pool; v3 had 3000
 # Large photos also give 2x-zoom tiles: the few real photos are the pool's scarcest kind of picture.
 TILE_ZOOM = 2
 
