@@ -10,9 +10,7 @@ Timing rounds are interleaved across paths so load from other processes hits eve
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from btembed.hub import load_state_dict
 from btembed.images import find_images
 from btembed.model import Encoder, PixelEncoder
 from btembed.preprocess import load_pixels
+from results_io import machine, write_result
 
 OFFLINE = Path("/work/data/offline/train")
 # Clip-art and 28-px Fashion-MNIST are not photos; the rest of the offline pool is wallpapers, sky and textures.
@@ -192,13 +191,9 @@ def main(argv=None) -> int:
         "images": source, "n_parity": int(len(evaluation)), "n_calibration": int(len(calibration)),
         "reference": "torch channels_last fp32", "reference_mean_pairwise_cosine": crowding, "rows": rows, "best_at_parity": best["path"],
         "goal_met": best["speedup_vs_channels_last_fp32"] >= 1.5,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
-                    "load_average_at_end": os.getloadavg()},
+        "machine": machine(torch=torch.__version__, onnxruntime=__import__("onnxruntime").__version__),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_result(args.out, result)
     return 0
 
 

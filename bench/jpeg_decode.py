@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from results_io import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,10 +77,8 @@ def main(argv=None) -> int:
         print(f"{r['files']:12} {r['n']:4d} {r['full_core_ms']:7.1f} {r['draft_core_ms']:7.1f} "
               f"{r['eighth_core_ms']:7.1f} {r['eighth_core_ms'] / r['draft_core_ms']:11.2f}")
     result = {"benchmark": "jpeg_decode", "photos": str(args.photos), "preprocess": cfg.to_dict(), "rows": rows,
-              "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                          "pillow": Image.__version__}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+              "machine": machine(pillow=Image.__version__)}
+    write_result(args.out, result)
     return 0
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from results_io import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -112,12 +113,8 @@ def main(argv=None) -> int:
               f"{row[f'vs_{args.versions[0]}']:10.2f}")
     result = {"benchmark": "onnxruntime_versions", "model": str(args.model), "files": {k: str(v) for k, v in
               files.items()}, "batch": args.batch, "images": args.images, "threads": args.threads,
-              "rounds": args.rounds, "rows": rows,
-              "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                          "load_average_at_end": os.getloadavg()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+              "rounds": args.rounds, "rows": rows, "machine": machine()}
+    write_result(args.out, result)
     return 0
 
 
