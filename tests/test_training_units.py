@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from training.config import ConfigError, TrainConfig, apply_overrides, load_recipe, recipe_names
-from training.data import ResumableSampler, TwoViewDataset, collate_views
+from training.data import ResumableSampler, TwoViewDataset, collate_views, decode_files, make_loader
 from training.lars import LARS, lr_scale, param_groups, set_lr
 from training.loss import BarlowTwinsLoss, off_diagonal
 from training.metrics import HealthLog, normalized_std, rankme
@@ -132,6 +132,27 @@ def test_bad_files_are_dropped_and_reported(tmp_path):
     x1, x2, errors = collate_views([ds[(0, i)] for i in range(4)])
     assert x1.shape[0] == x2.shape[0] == 3
     assert len(errors) == 1 and errors[0][0] == str(bad)
+
+
+def test_decode_cache_gives_the_same_views_and_errors(tmp_path):
+    files = _photo_files(tmp_path, 3)
+    big = tmp_path / "big.jpg"  # a JPEG large enough for draft decoding, which the cache must reproduce
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 420, 3), dtype=np.uint8)).save(big, quality=90)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    files += [big, bad]
+    config = apply_overrides(load_recipe("cpu-tiny"), ["decode_size=64", "repeats=2"])
+    decoded = decode_files(files, config.decode_size, threads=2)
+    assert decoded[3].shape[2] == 3 and min(decoded[3].shape[:2]) < 300  # decoded at reduced scale
+    plain, cached = TwoViewDataset(files, config), TwoViewDataset(files, config, decoded)
+    for key in [(0, i) for i in range(len(files))] + [(1, 3), (2, 8)]:
+        (views, error), (cached_views, cached_error) = plain[key], cached[key]
+        assert error == cached_error
+        if views is not None:
+            assert all(torch.equal(a, b) for a, b in zip(views, cached_views))
+    assert cached[(0, 4)][0] is None and cached[(0, 4)][1][0] == str(bad)  # the bad file is named, as before
+    loader, _ = make_loader(files, apply_overrides(config, ["decode_cache=true", "num_workers=0"]), 0, 1, False)
+    assert loader.dataset.decoded is not None and len(loader.dataset.decoded) == len(files)
 
 
 def test_sampler_resumes_mid_epoch():

@@ -55,6 +55,7 @@ class TrainConfig:
     # Data loading.
     decode_size: int = 0  # JPEG draft decoding down to this short side (0: full decode)
     repeats: int = 1  # each image appears this many times per epoch, each time with fresh crops
+    decode_cache: bool = False  # decode every image once into RAM before training (same pixels, less work per step)
     num_workers: int = 8  # per process
     # Speed.
     amp: str = "auto"  # auto | bf16 | fp16 | none (auto: bf16 where supported, else fp16 on GPU, else none)

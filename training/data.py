@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from PIL import Image, ImageFilter
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from btembed.errors import BtembedError, ImageError
 from btembed.images import find_images, open_image
@@ -60,22 +63,46 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
 
 
+def decode_files(files: list[Path], decode_size: int, threads: int) -> list:
+    """Every file decoded as the loader would (uint8 HxWx3 arrays), or (path, cause) for a bad one."""
+    def decode(path):
+        try:
+            return np.asarray(open_image(path, min_size=decode_size or None))
+        except ImageError as e:
+            return str(e.path), e.cause
+
+    # Pillow releases the GIL while decoding, so threads use every core.
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(tqdm(pool.map(decode, files), total=len(files), desc="decoding into RAM", unit="img",
+                         disable=None))
+
+
 class TwoViewDataset(Dataset):
     """(epoch, index) → (uint8 view A, uint8 view B) of file index % n, or an error cause for a bad file."""
 
-    def __init__(self, files: list[Path], config: TrainConfig):
+    def __init__(self, files: list[Path], config: TrainConfig, decoded: list | None = None):
         self.files = files
         self.config = config
         self.transforms = (view_transform(config, 0), view_transform(config, 1))
+        # Built before the loader forks its workers, so they share these pages instead of copying them.
+        self.decoded = decoded
 
     def __len__(self):
         return len(self.files) * self.config.repeats
 
+    def _image(self, index: int):
+        """The PIL image of file index, decoded now or taken from the RAM cache; or raises ImageError."""
+        if self.decoded is None:
+            return open_image(self.files[index], min_size=self.config.decode_size or None)
+        entry = self.decoded[index]
+        if isinstance(entry, tuple):
+            raise ImageError(*entry)
+        return Image.fromarray(entry)
+
     def __getitem__(self, key):
         epoch, index = key
-        path = self.files[index % len(self.files)]
         try:
-            image = open_image(path, min_size=self.config.decode_size or None)
+            image = self._image(index % len(self.files))
         except ImageError as e:
             return None, (e.path, e.cause)  # plain text: custom exceptions do not pickle across workers
         in_worker = torch.utils.data.get_worker_info() is not None
@@ -130,7 +157,8 @@ def list_images(folder: str | Path) -> list[Path]:
 def make_loader(files: list[Path], config: TrainConfig, rank: int, world_size: int,
                 pin_memory: bool) -> tuple[DataLoader, ResumableSampler]:
     """The per-process loader of local batches (batch_size // world_size), dropping an incomplete last one."""
-    dataset = TwoViewDataset(files, config)
+    decoded = decode_files(files, config.decode_size, config.num_workers) if config.decode_cache else None
+    dataset = TwoViewDataset(files, config, decoded)
     sampler = ResumableSampler(dataset, world_size, rank, config.seed)
     local_batch = config.batch_size // world_size
     if local_batch < 2 or local_batch * world_size != config.batch_size:
