@@ -175,8 +175,8 @@ def main(argv=None) -> int:
     at_parity = [r for r in rows if r["recall_at_10_vs_torch_fp32"] >= 0.98]
     best = max(at_parity, key=lambda r: r["img_per_s"])
 
-    print(f"\n{config.architecture}@{config.preprocess.input_size}, batch {args.batch_size}, {available_cores()} threads, "
-          f"model-only (pre-decoded uint8 NHWC → unit vectors)")
+    print(f"\n{config.architecture}@{config.preprocess.input_size}, batch {args.batch_size}, "
+          f"{available_cores()} threads, model-only (pre-decoded uint8 NHWC → unit vectors)")
     print(f"{'path':28} {'img/s':>7} {'× cl fp32':>9} {'recall@10':>9} {'max rel diff':>12} {'min cos':>8}")
     for r in rows:
         print(f"{r['path']:28} {r['img_per_s']:7.1f} {r['speedup_vs_channels_last_fp32']:9.2f} "
