@@ -189,7 +189,8 @@ def main(argv=None) -> int:
         "weights": "random init (seed 0)" if args.model is None else str(args.model),
         "batch_size": args.batch_size, "threads": available_cores(), "rounds": args.rounds, "reps": args.reps,
         "images": source, "n_parity": int(len(evaluation)), "n_calibration": int(len(calibration)),
-        "reference": "torch channels_last fp32", "reference_mean_pairwise_cosine": crowding, "rows": rows, "best_at_parity": best["path"],
+        "reference": "torch channels_last fp32", "reference_mean_pairwise_cosine": crowding,
+        "rows": rows, "best_at_parity": best["path"],
         "goal_met": best["speedup_vs_channels_last_fp32"] >= 1.5,
         "machine": machine(torch=torch.__version__, onnxruntime=__import__("onnxruntime").__version__),
     }

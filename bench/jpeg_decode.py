@@ -4,7 +4,8 @@
 
 Files are read first (the draft path then reads them from the page cache), so decoding is what is timed (thread
 CPU time, one thread). The 1/8 scale is the least work libjpeg-turbo can do for a file: entropy (Huffman)
-decoding of every coefficient still happens, so it is the floor under any reduced-size decode. Baseline and progressive files are reported apart.
+decoding of every coefficient still happens, so it is the floor under any reduced-size decode. Baseline and
+progressive files are reported apart.
 """
 from __future__ import annotations
 

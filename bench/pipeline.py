@@ -441,8 +441,9 @@ def report(r: dict) -> None:
     print(f"  GPU input path run on this CPU (decode_jpeg + tensor resize, torch bf16): "
           f"{r['device_decode_on_cpu_img_per_s']:.1f} img/s")
     s = r["search"]
-    print(f"\n(d) cold search: {s['median_seconds']:.2f} s (query inside the folder {s['query_inside_folder_median_seconds']:.2f} s; "
-          f"goal ≤ 2 s); torch imported: {s['torch_imported']}; `import torch` alone {s['import_torch_seconds']:.2f} s")
+    print(f"\n(d) cold search: {s['median_seconds']:.2f} s (query inside the folder "
+          f"{s['query_inside_folder_median_seconds']:.2f} s; goal ≤ 2 s); torch imported: {s['torch_imported']}; "
+          f"`import torch` alone {s['import_torch_seconds']:.2f} s")
     for m in r.get("memory", []):
         print(f"(e) {m['files']:6d} files, batch {m['batch_size']:3d}: peak RSS {m['peak_rss_mib']:.0f} MiB, "
               f"{m['seconds']:.1f} s")

@@ -1,4 +1,4 @@
-"""The indexing loop: walk → stat → compare with the catalog → reuse or embed → write per batch → update FAISS."""
+"""The indexing loop: walk → stat → compare with the catalog → reuse or embed → write per batch → FAISS."""
 from __future__ import annotations
 
 import errno

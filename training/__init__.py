@@ -1,1 +1,1 @@
-"""Retraining btembed encoders with Barlow Twins: `python -m training fit | export | linear-eval` (see docs/training.md)."""
+"""Retraining btembed encoders with Barlow Twins: `python -m training fit | export | linear-eval` (docs/training.md)."""

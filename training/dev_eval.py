@@ -31,7 +31,8 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['classes']} / {r['images']} | {r['features']} | "
-                     f"{100 * r['linear_top1']:.1f} | {100 * r['knn_top1']:.1f} | {100 * r['knn_majority5_top1']:.1f} |")
+                     f"{100 * r['linear_top1']:.1f} | {100 * r['knn_top1']:.1f} | "
+                     f"{100 * r['knn_majority5_top1']:.1f} |")
     return "\n".join(lines)
 
 

@@ -40,8 +40,9 @@ def summary(rows: list[dict], n_rows: int = 16) -> str:
                      f"{knn_cell} | {', '.join(r.get('alarm') or []) or 'none'} |")
     alarms = sum(bool(r.get("alarm")) for r in train)
     minutes = (train[-1]["time"] - rows[0]["time"]) / 60
-    lines += ["", f"Records: {len(train)}; wall time first → last record {minutes:.1f} min; collapse alarms: {alarms}; "
-              f"loss {train[0]['loss']:.0f} → {train[-1]['loss']:.0f}; RankMe {train[0]['rankme']:.0f} → "
+    lines += ["", f"Records: {len(train)}; wall time first → last record {minutes:.1f} min; "
+              f"collapse alarms: {alarms}; loss {train[0]['loss']:.0f} → {train[-1]['loss']:.0f}; "
+              f"RankMe {train[0]['rankme']:.0f} → "
               f"min {min(r['rankme'] for r in train):.0f} → {train[-1]['rankme']:.0f}"
               + (f"; kNN {100 * knn[0][1]:.1f} % → {100 * knn[-1][1]:.1f} %" if knn else "") + "."]
     return "\n".join(lines)

@@ -84,8 +84,9 @@ def margins(rows: list[dict]) -> str:
         if not (m and rnd and raw):
             continue
         lead = {k: (100 * (m[k] - rnd[k]), 100 * (m[k] - raw[k])) for k in ("linear_top1", "knn_top1")}
-        lines.append(f"- {task}: linear {lead['linear_top1'][0]:+.1f} vs random init, {lead['linear_top1'][1]:+.1f} vs "
-                     f"raw pixels; kNN {lead['knn_top1'][0]:+.1f} vs random init, {lead['knn_top1'][1]:+.1f} vs raw pixels")
+        lines.append(f"- {task}: linear {lead['linear_top1'][0]:+.1f} vs random init, "
+                     f"{lead['linear_top1'][1]:+.1f} vs raw pixels; kNN {lead['knn_top1'][0]:+.1f} vs random init, "
+                     f"{lead['knn_top1'][1]:+.1f} vs raw pixels")
     return "\n".join(lines)
 
 
