@@ -258,7 +258,7 @@ def levers(folder: Path, files: list[Path], repeat: int) -> list[dict]:
 
 
 def device_decode_cpu(folder: Path, files: list[Path]) -> float:
-    """In-process img/s of the GPU input path run on this CPU (torchvision decode_jpeg + resize, torch bf16)."""
+    """In-process img/s of the GPU input path run on this CPU (btembed.device_decode + resize, torch bf16)."""
     from btembed import Embedder
 
     emb = Embedder.from_pretrained(folder, backend="torch", device="cpu", precision="bf16")

@@ -1,16 +1,17 @@
 """JPEG decode + resize + crop as tensors on a torch device (nvjpeg on CUDA, libjpeg-turbo on CPU): the GPU input path.
 
-The same code runs on CPU in tests. Files that are not plain JPEGs (PNG, CMYK, damaged, over the pixel limit)
-go through the Pillow path of btembed.preprocess instead, so errors read exactly as elsewhere.
+The same code runs on CPU in tests. Files that are not plain upright JPEGs (PNG, CMYK, damaged, over the pixel
+limit, EXIF-rotated) go through the Pillow path of btembed.preprocess instead, so errors and orientation read
+exactly as elsewhere. The decoder is TorchCodec's (`pip install btembed[gpu]`) when installed, else torchvision's,
+which torchvision deprecated in 0.29 in favour of TorchCodec.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
-import torchvision
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -18,18 +19,36 @@ from .errors import ImageError
 from .images import MAX_PIXELS
 from .preprocess import PreprocessConfig, load_pixels
 
+try:
+    from torchcodec.decoders import decode_jpeg as _torchcodec_decode_jpeg
+except ImportError:  # optional: the torchvision decoder below does the same job until torchvision drops it
+    _torchcodec_decode_jpeg = None
+
+_EXIF_ORIENTATION = 0x0112
+
 _MODES = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR,
           "bicubic": InterpolationMode.BICUBIC}
 
 
 def _plain_jpeg(path) -> bool:
-    """True for a readable baseline/progressive JPEG within the pixel limit (header only, no decode)."""
+    """True for a readable, upright baseline/progressive JPEG within the pixel limit (header only, no decode)."""
     try:
         with Image.open(path) as image:
+            # TorchCodec does not apply EXIF orientation: rotated files go the Pillow path, which does.
             return image.format == "JPEG" and image.mode in ("RGB", "L") and \
-                image.size[0] * image.size[1] <= MAX_PIXELS
+                image.size[0] * image.size[1] <= MAX_PIXELS and image.getexif().get(_EXIF_ORIENTATION, 1) == 1
     except Exception:  # any unreadable file takes the Pillow path, which names the problem
         return False
+
+
+def decode_jpegs(paths: list, device: torch.device) -> list[torch.Tensor]:
+    """JPEG files → uint8 [3, H, W] RGB tensors on the device, as one batch (nvjpeg's batched decoder on CUDA)."""
+    data = [torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8) for p in paths]
+    if _torchcodec_decode_jpeg is not None:
+        return _torchcodec_decode_jpeg(data, mode="RGB", device=device)
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
 class DeviceDecoder:
@@ -62,11 +81,9 @@ class DeviceDecoder:
         jpeg = [i for i, it in enumerate(items) if self.mode is not None and isinstance(it, (str, os.PathLike))
                 and _plain_jpeg(it)]
         if jpeg:
-            data = [torchvision.io.read_file(os.fspath(items[i])) for i in jpeg]
             try:
-                # A list decodes as one batch (nvjpeg's batched decoder on CUDA).
-                images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
-            except RuntimeError:
+                images = decode_jpegs([items[i] for i in jpeg], self.device)
+            except (RuntimeError, OSError):
                 images = [None] * len(jpeg)  # one bad file fails the batch: fall back to Pillow for all of them
             for i, image in zip(jpeg, images):
                 if image is not None:

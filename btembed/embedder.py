@@ -111,8 +111,8 @@ class Embedder:
 
     # How decoding overlaps the model (bench/pipeline.py measured both on 2 cores, see bench/README.md):
     # "thread" (Pillow and onnxruntime release the GIL; no torch import, no pickling of pixels) or "process"
-    # (torch DataLoader workers) or "device" (torchvision decode_jpeg + resize on the torch backend's device:
-    # nvjpeg on a GPU). prefetch = batches decoded ahead, which bounds memory by batch size.
+    # (torch DataLoader workers) or "device" (TorchCodec's, else torchvision's, decode_jpeg + resize on the torch
+    # backend's device: nvjpeg on a GPU). prefetch = batches decoded ahead, which bounds memory by batch size.
     # decode_nice > 0 lowers the decode threads' priority so the model's threads are never the ones waiting.
     decode_pool = "thread"
     prefetch = 2

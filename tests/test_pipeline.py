@@ -1,6 +1,8 @@
 """The decode pipeline: thread-pool decoding (order, errors, bounded read-ahead, early stop) and the device
-(torchvision decode_jpeg) path, which must give vectors close to the Pillow path."""
+(TorchCodec, else torchvision, decode_jpeg) path, which must give vectors close to the Pillow path."""
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -104,6 +106,31 @@ def test_device_decode_is_close_to_pillow(tiny_model_dir, photo_paths, tmp_path)
         b = load_pixels(path, cfg).astype(np.float32)
         assert a.shape == b.shape == (cfg.input_size, cfg.input_size, 3)
         assert np.abs(a - b).mean() < 6.0
+
+
+def test_device_decode_keeps_exif_rotation_and_both_decoders_agree(photo_paths, tmp_path, monkeypatch):
+    pytest.importorskip("torchcodec")
+    from btembed import device_decode
+
+    cfg = PreprocessConfig(input_size=48, resize_size=56)
+    image = Image.open(photo_paths[0])
+    exif = image.getexif()
+    exif[0x0112] = 6  # EXIF orientation: shown rotated 90° clockwise
+    rotated = tmp_path / "rotated.jpg"
+    image.save(rotated, exif=exif)
+    decoder = device_decode.DeviceDecoder(cfg, "cpu")
+    assert device_decode._torchcodec_decode_jpeg is not None
+    got = decoder([rotated, *photo_paths])
+    # TorchCodec ignores EXIF orientation, so the rotated file must take the Pillow path, which applies it.
+    np.testing.assert_array_equal(got[0].numpy(), load_pixels(rotated, cfg))
+    assert not np.array_equal(got[0].numpy(), got[1].numpy())
+    # torchvision's decoder (deprecated, the fallback without TorchCodec) gives the same pixels.
+    monkeypatch.setattr(device_decode, "_torchcodec_decode_jpeg", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        fallback = decoder(photo_paths)
+    for a, b in zip(got[1:], fallback):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_device_decode_needs_the_torch_backend(onnx_embedder, photo_paths):
