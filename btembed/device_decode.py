@@ -19,9 +19,10 @@ from .errors import ImageError
 from .images import MAX_PIXELS
 from .preprocess import PreprocessConfig, load_pixels
 
+# TorchCodec is optional; when it is missing, or its native library fails to load, torchvision's decoder is used.
 try:
     from torchcodec.decoders import decode_jpeg as _torchcodec_decode_jpeg
-except ImportError:  # optional: the torchvision decoder below does the same job until torchvision drops it
+except (ImportError, OSError, RuntimeError):
     _torchcodec_decode_jpeg = None
 
 _EXIF_ORIENTATION = 0x0112
