@@ -63,11 +63,16 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63 - 1)
 
 
+def decode_file(path: Path, decode_size: int) -> Image.Image:
+    """One training image, JPEG draft-decoded down to decode_size (0: full decode); raises ImageError."""
+    return open_image(path, min_size=decode_size or None)
+
+
 def decode_files(files: list[Path], decode_size: int, threads: int) -> list:
     """Every file decoded as the loader would (uint8 HxWx3 arrays), or (path, cause) for a bad one."""
     def decode(path):
         try:
-            return np.asarray(open_image(path, min_size=decode_size or None))
+            return np.asarray(decode_file(path, decode_size))
         except ImageError as e:
             return str(e.path), e.cause
 
@@ -93,7 +98,7 @@ class TwoViewDataset(Dataset):
     def _image(self, index: int):
         """The PIL image of file index, decoded now or taken from the RAM cache; or raises ImageError."""
         if self.decoded is None:
-            return open_image(self.files[index], min_size=self.config.decode_size or None)
+            return decode_file(self.files[index], self.config.decode_size)
         entry = self.decoded[index]
         if isinstance(entry, tuple):
             raise ImageError(*entry)
