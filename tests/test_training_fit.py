@@ -212,12 +212,16 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     assert run(["export", str(reference_run[0]), "--out", str(fp32)]).returncode == 0
     labeled = tiny_data[1]  # 6 classes x 4 crops: one dev task called "labeled"
     evaluation, manifest, registry = tmp_path / "dev.json", tmp_path / "manifest.json", tmp_path / "registry.json"
-    proc = run([str(fp32), "--dev", str(labeled.parent), "--tasks", "labeled", "--folds", "2",
+    proc = run([str(fp32), "--dev", str(labeled.parent), "--tasks", "labeled", "--folds", "2", "--seeds", "0", "1",
                 "--out", str(evaluation)], module="training.dev_eval")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(evaluation.read_text())["rows"]
     assert [r["features"] for r in rows] == ["model", "random-init", "raw32"]
     assert all(r["images"] == 24 and 0.0 <= r["linear_top1"] <= 1.0 for r in rows)
+    # Each number is the mean of one `btembed probe --seed S` per seed, and those commands are kept.
+    for r in rows:
+        assert r["seeds"] == [0, 1] and [c.split("--seed ")[1].split()[0] for c in r["commands"]] == ["0", "1"]
+        assert r["knn_top1"] == pytest.approx(sum(r["per_seed"]["knn_top1"]) / 2)
     manifest.write_text(json.dumps({"sources": {"skimage": {"package": "scikit-image", "version": "test",
                                                             "licence": "BSD-3-Clause", "file_count": 24}}}))
     shutil.copy(REGISTRY_PATH, registry)
@@ -234,6 +238,8 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     assert config["training"]["data_sources"]["skimage"]["count"] == 24
     card = (shipped / "README.md").read_text()
     assert "## Development-set evaluation" in card and "- labeled: linear" in card and "| skimage |" in card
+    assert "mean of --seed 0, 1" in card and "mean of --seed 0, 1" in config["metrics"][
+        "dev/labeled/model/linear_top1"]["protocol"]
     entry = read_registry(registry)
     assert entry["default"] == "test/ship" and entry["models"]["test/ship"]["embedded"] == "ship"
     # fp16 storage stays within the shipping tolerance of the fp32 export.

@@ -1,38 +1,68 @@
 """Evaluate a model on the labeled dev set with `btembed probe`: trained vs random init vs raw 32x32 pixels.
 
-python -m training.dev_eval MODEL_DIR --dev /work/data/dev [--out RESULTS.json]
-Every number comes from one `btembed probe` command, printed beside it so anyone can reproduce it.
+python -m training.dev_eval MODEL_DIR --dev /work/data/dev [--seeds 0 1 2] [--out RESULTS.json]
+Every number comes from `btembed probe` commands, printed beside it so anyone can reproduce it; with several
+seeds (folds, inner split and random init all change with the seed) each number is their mean.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 FEATURES = ("model", "random-init", "raw32")
+METRICS = ("linear_top1", "linear_top5", "knn_top1", "knn_majority5_top1")
 
 
-def probe(task_dir: Path, model: str, features: str, folds: int) -> tuple[dict, list[str]]:
+def probe(task_dir: Path, model: str, features: str, folds: int, seed: int = 0) -> tuple[dict, list[str]]:
     """Run `btembed probe --json` once; returns its JSON and the command line."""
     cmd = ["btembed", "probe", str(task_dir), "--model", model, "--features", features,
-           "--folds", str(folds), "--no-catalog", "--json"]
+           "--folds", str(folds), "--seed", str(seed), "--no-catalog", "--json"]
     run = subprocess.run([sys.executable, "-m", "btembed", *cmd[1:]], capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed: {run.stderr.strip()[-500:]}")
     return json.loads(run.stdout), cmd
 
 
+def scores(result: dict) -> dict:
+    """The four accuracies of one `btembed probe --json` result."""
+    return {"linear_top1": result["linear"]["top1"], "linear_top5": result["linear"]["top5"],
+            "knn_top1": result["knn"]["top1"], "knn_majority5_top1": result["knn"]["majority5_top1"]}
+
+
+def seeded_row(task: str, features: str, runs: list[tuple[int, dict, list[str]]]) -> dict:
+    """One table row: the mean over seeds of each accuracy, with the per-seed values and commands kept."""
+    per_seed = [scores(result) for _, result, _ in runs]
+    result = runs[0][1]
+    row = {"task": task, "features": features, **{k: statistics.fmean(s[k] for s in per_seed) for k in METRICS},
+           "classes": len(result.get("classes", [])) or result.get("dataset", {}).get("classes"),
+           "images": result.get("dataset", {}).get("images"), "command": " ".join(runs[0][2]),
+           "seeds": [seed for seed, _, _ in runs]}
+    if len(runs) > 1:
+        row["per_seed"] = {k: [s[k] for s in per_seed] for k in METRICS}
+        row["commands"] = [" ".join(cmd) for _, _, cmd in runs]
+    return row
+
+
+def spread(row: dict, key: str) -> str:
+    """' ± sd' over seeds in points, or nothing for a single seed."""
+    values = row.get("per_seed", {}).get(key, [])
+    return f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+
+
 def markdown(rows: list[dict]) -> str:
-    """The results as a markdown table (accuracies in percent)."""
+    """The results as a markdown table (accuracies in percent; mean ± sd when several seeds ran)."""
     lines = ["| task | classes / images | features | linear top-1 | kNN top-1 (w. k=20) | kNN majority k=5 |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['classes']} / {r['images']} | {r['features']} | "
-                     f"{100 * r['linear_top1']:.1f} | {100 * r['knn_top1']:.1f} | "
-                     f"{100 * r['knn_majority5_top1']:.1f} |")
+                     f"{100 * r['linear_top1']:.1f}{spread(r, 'linear_top1')} | "
+                     f"{100 * r['knn_top1']:.1f}{spread(r, 'knn_top1')} | "
+                     f"{100 * r['knn_majority5_top1']:.1f}{spread(r, 'knn_majority5_top1')} |")
     return "\n".join(lines)
 
 
@@ -43,28 +73,32 @@ def main(argv=None) -> int:
     ap.add_argument("--dev", type=Path, default=Path("/work/data/dev"))
     ap.add_argument("--tasks", nargs="*", default=None, help="task folders under --dev (default: all)")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="probe once per seed and report the mean (a single reading moves by ~1-2 points)")
     ap.add_argument("--features", nargs="*", default=list(FEATURES), choices=FEATURES)
     ap.add_argument("--out", type=Path, default=None, help="write the rows and commands as JSON here")
     args = ap.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        ap.error(f"--seeds repeats a seed: {args.seeds}")
+    if not args.dev.is_dir():
+        ap.error(f"--dev {args.dev} is not a folder (build it with python -m training.devset {args.dev})")
     tasks = args.tasks or sorted(p.name for p in args.dev.iterdir() if p.is_dir() and p.name != "licenses")
     rows = []
     for task in tasks:
         for features in args.features:
             start = time.monotonic()
-            result, cmd = probe(args.dev / task, args.model, features, args.folds)
-            row = {"task": task, "features": features, "linear_top1": result["linear"]["top1"],
-                   "linear_top5": result["linear"]["top5"], "knn_top1": result["knn"]["top1"],
-                   "knn_majority5_top1": result["knn"]["majority5_top1"],
-                   "classes": len(result.get("classes", [])) or result.get("dataset", {}).get("classes"),
-                   "images": result.get("dataset", {}).get("images"), "command": " ".join(cmd),
-                   "seconds": round(time.monotonic() - start, 1)}
+            runs = [(seed, *probe(args.dev / task, args.model, features, args.folds, seed)) for seed in args.seeds]
+            row = seeded_row(task, features, runs)
+            row["seconds"] = round(time.monotonic() - start, 1)
             rows.append(row)
-            print(f"{task:12s} {features:12s} linear {row['linear_top1']:.3f} knn {row['knn_top1']:.3f} "
-                  f"({row['seconds']} s)", file=sys.stderr, flush=True)
+            print(f"{task:12s} {features:12s} linear {100 * row['linear_top1']:.1f}{spread(row, 'linear_top1')} % "
+                  f"knn {100 * row['knn_top1']:.1f}{spread(row, 'knn_top1')} % ({row['seconds']} s)",
+                  file=sys.stderr, flush=True)
     table = markdown(rows)
     print(table)
     if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "dev": str(args.dev), "rows": rows}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"model": args.model, "dev": str(args.dev), "seeds": args.seeds,
+                                        "rows": rows}, indent=2) + "\n")
     return 0
 
 

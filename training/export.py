@@ -40,7 +40,8 @@ def training_record(ck: dict, config: TrainConfig) -> dict:
         "steps": ck["step"],
         "finished": ck["finished"],
         "data_details": data,
-        "config": config.to_dict(),
+        # The recipe's prose description estimates a typical run; this run's own figures are the fields above.
+        "config": {k: v for k, v in config.to_dict().items() if k != "description"},
     }
 
 

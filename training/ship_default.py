@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -64,6 +65,12 @@ def data_summary(manifest: dict) -> dict:
                    "count": s.get("file_count")} for name, s in sources.items()}
 
 
+def seeds_note(row: dict) -> str:
+    """How a dev-set number was obtained: one seed, or the mean over several."""
+    seeds = row.get("seeds", [0])
+    return f"mean of --seed {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"--seed {seeds[0]}"
+
+
 def dev_metrics(rows: list[dict]) -> dict:
     """Dev-set rows → config.json metrics in the card's {value, dataset, protocol} form."""
     metrics = {}
@@ -71,8 +78,17 @@ def dev_metrics(rows: list[dict]) -> dict:
         for key, label in (("linear_top1", "linear top-1"), ("knn_top1", "weighted kNN top-1")):
             metrics[f"dev/{r['task']}/{r['features']}/{key}"] = {
                 "value": round(r[key], 4), "dataset": f"btembed dev set: {r['task']} ({r['images']} images)",
-                "protocol": f"{label}, 5-fold stratified; command: {r['command']}"}
+                "protocol": f"{label}, 5-fold stratified, {seeds_note(r)}; command: {r['command']}"}
     return metrics
+
+
+def lead(model: dict, other: dict, key: str) -> str:
+    """model − other in points, with the sd over seeds of the paired per-seed differences when there are several."""
+    text = f"{100 * (model[key] - other[key]):+.1f}"
+    a, b = model.get("per_seed", {}).get(key, []), other.get("per_seed", {}).get(key, [])
+    if len(a) > 1 and len(a) == len(b) and model.get("seeds") == other.get("seeds"):
+        text += f" ± {100 * statistics.stdev(x - y for x, y in zip(a, b)):.1f}"
+    return text
 
 
 def margins(rows: list[dict]) -> str:
@@ -83,10 +99,9 @@ def margins(rows: list[dict]) -> str:
         m, rnd, raw = by.get((task, "model")), by.get((task, "random-init")), by.get((task, "raw32"))
         if not (m and rnd and raw):
             continue
-        lead = {k: (100 * (m[k] - rnd[k]), 100 * (m[k] - raw[k])) for k in ("linear_top1", "knn_top1")}
-        lines.append(f"- {task}: linear {lead['linear_top1'][0]:+.1f} vs random init, "
-                     f"{lead['linear_top1'][1]:+.1f} vs raw pixels; kNN {lead['knn_top1'][0]:+.1f} vs random init, "
-                     f"{lead['knn_top1'][1]:+.1f} vs raw pixels")
+        lines.append(f"- {task}: linear {lead(m, rnd, 'linear_top1')} vs random init, "
+                     f"{lead(m, raw, 'linear_top1')} vs raw pixels; kNN {lead(m, rnd, 'knn_top1')} vs random init, "
+                     f"{lead(m, raw, 'knn_top1')} vs raw pixels")
     return "\n".join(lines)
 
 
@@ -136,8 +151,10 @@ def main(argv=None) -> int:
         config.save(staging)
         card = render_card(config)
         dev_table = markdown(evaluation["rows"])
+        spread_note = ", ± the sd over seeds" if len(evaluation.get("seeds", [0])) > 1 else ""
         extra = ("\n## Development-set evaluation\n\nTrained model vs the same architecture at random init vs raw "
-                 "32×32 pixels, same protocol (`btembed probe`, 5-fold stratified; accuracies in %). The dev set "
+                 f"32×32 pixels, same protocol (`btembed probe`, 5-fold stratified, {seeds_note(evaluation)}; "
+                 f"accuracies in %{spread_note}). The dev set "
                  "is built by `python -m training.devset` from allowed Debian packages and held out of training.\n\n"
                  + dev_table + "\n\nLead of the trained model, in points:\n\n" + margins(evaluation["rows"])
                  + "\n\n## Training data\n\n| source | package | version | licence | images |\n"
