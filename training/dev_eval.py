@@ -66,6 +66,13 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_results(out: Path, model: str, dev: Path, seeds: list[int], rows: list[dict]) -> None:
+    """The rows so far and their commands as JSON (replaced atomically, so a reader never sees half a file)."""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"model": model, "dev": str(dev), "seeds": seeds, "rows": rows}, indent=2) + "\n")
+    tmp.replace(out)
+
+
 def main(argv=None) -> int:
     """Probe every task folder of the dev set with the three feature kinds; print and save the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -91,14 +98,12 @@ def main(argv=None) -> int:
             row = seeded_row(task, features, runs)
             row["seconds"] = round(time.monotonic() - start, 1)
             rows.append(row)
+            if args.out:  # after every row, so a long evaluation that stops keeps what it measured
+                write_results(args.out, args.model, args.dev, args.seeds, rows)
             print(f"{task:12s} {features:12s} linear {100 * row['linear_top1']:.1f}{spread(row, 'linear_top1')} % "
                   f"knn {100 * row['knn_top1']:.1f}{spread(row, 'knn_top1')} % ({row['seconds']} s)",
                   file=sys.stderr, flush=True)
-    table = markdown(rows)
-    print(table)
-    if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "dev": str(args.dev), "seeds": args.seeds,
-                                        "rows": rows}, indent=2) + "\n")
+    print(markdown(rows))
     return 0
 
 
