@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 FEATURES = ("model", "random-init", "raw32")
-METRICS = ("linear_top1", "linear_top5", "knn_top1", "knn_majority5_top1")
+# Row key -> where `btembed probe --json` keeps that accuracy.
+METRICS = {"linear_top1": ("linear", "top1"), "linear_top5": ("linear", "top5"), "knn_top1": ("knn", "top1"),
+           "knn_majority5_top1": ("knn", "majority5_top1")}
 
 
 def probe(task_dir: Path, model: str, features: str, folds: int, seed: int = 0) -> tuple[dict, list[str]]:
@@ -30,8 +32,7 @@ def probe(task_dir: Path, model: str, features: str, folds: int, seed: int = 0) 
 
 def scores(result: dict) -> dict:
     """The four accuracies of one `btembed probe --json` result."""
-    return {"linear_top1": result["linear"]["top1"], "linear_top5": result["linear"]["top5"],
-            "knn_top1": result["knn"]["top1"], "knn_majority5_top1": result["knn"]["majority5_top1"]}
+    return {key: result[part][name] for key, (part, name) in METRICS.items()}
 
 
 def seeded_row(task: str, features: str, runs: list[tuple[int, dict, list[str]]]) -> dict:

@@ -151,13 +151,14 @@ def main(argv=None) -> int:
         config.save(staging)
         card = render_card(config)
         dev_table = markdown(evaluation["rows"])
-        spread_note = ", ± the sd over seeds" if len(evaluation.get("seeds", [0])) > 1 else ""
+        seeds = evaluation.get("seeds", [0])
+        spread_note = ", ± the sd over seeds" if len(seeds) > 1 else ""
         extra = ("\n## Development-set evaluation\n\nTrained model vs the same architecture at random init vs raw "
                  f"32×32 pixels, same protocol (`btembed probe`, 5-fold stratified, {seeds_note(evaluation)}; "
                  f"accuracies in %{spread_note}). The dev set "
                  "is built by `python -m training.devset DEV` from allowed Debian packages and held out of training; "
                  "the whole table is `python -m training.dev_eval " + args.name + " --dev DEV --seeds "
-                 + " ".join(map(str, evaluation.get("seeds", [0]))) + "`.\n\n"
+                 + " ".join(map(str, seeds)) + "`.\n\n"
                  + dev_table + "\n\nLead of the trained model, in points:\n\n" + margins(evaluation["rows"])
                  + "\n\n## Training data\n\n| source | package | version | licence | images |\n"
                  "|---|---|---|---|---|\n"
