@@ -7,6 +7,7 @@ which torchvision deprecated in 0.29 in favour of TorchCodec.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -31,20 +32,25 @@ _MODES = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BI
           "bicubic": InterpolationMode.BICUBIC}
 
 
-def _plain_jpeg(path) -> bool:
-    """True for a readable, upright baseline/progressive JPEG within the pixel limit (header only, no decode)."""
+def _plain_jpeg_bytes(path) -> bytes | None:
+    """The file's bytes if it is a readable, upright JPEG within the pixel limit (header parsed, no decode), else None.
+
+    The file is read once: Pillow parses the header from these bytes and the decoder gets the same bytes.
+    """
     try:
-        with Image.open(path) as image:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
             # TorchCodec does not apply EXIF orientation: rotated files go the Pillow path, which does.
-            return image.format == "JPEG" and image.mode in ("RGB", "L") and \
+            plain = image.format == "JPEG" and image.mode in ("RGB", "L") and \
                 image.size[0] * image.size[1] <= MAX_PIXELS and image.getexif().get(_EXIF_ORIENTATION, 1) == 1
     except Exception:  # any unreadable file takes the Pillow path, which names the problem
-        return False
+        return None
+    return data if plain else None
 
 
-def decode_jpegs(paths: list, device: torch.device) -> list[torch.Tensor]:
-    """JPEG files → uint8 [3, H, W] RGB tensors on the device, as one batch (nvjpeg's batched decoder on CUDA)."""
-    data = [torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8) for p in paths]
+def decode_jpegs(blobs: list[bytes], device: torch.device) -> list[torch.Tensor]:
+    """JPEG file contents → uint8 [3, H, W] RGB tensors on the device, in one batch (nvjpeg batches on CUDA)."""
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     if _torchcodec_decode_jpeg is not None:
         return _torchcodec_decode_jpeg(data, mode="RGB", device=device)
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -79,11 +85,12 @@ class DeviceDecoder:
     def __call__(self, items) -> list:
         """One entry per item, in order: a uint8 [S, S, 3] tensor on the device, or the ImageError."""
         out: list = [None] * len(items)
-        jpeg = [i for i, it in enumerate(items) if self.mode is not None and isinstance(it, (str, os.PathLike))
-                and _plain_jpeg(it)]
+        blobs = {i: _plain_jpeg_bytes(it) for i, it in enumerate(items)
+                 if self.mode is not None and isinstance(it, (str, os.PathLike))}
+        jpeg = [i for i, data in blobs.items() if data is not None]
         if jpeg:
             try:
-                images = decode_jpegs([items[i] for i in jpeg], self.device)
+                images = decode_jpegs([blobs[i] for i in jpeg], self.device)
             except (RuntimeError, OSError):
                 images = [None] * len(jpeg)  # one bad file fails the batch: fall back to Pillow for all of them
             for i, image in zip(jpeg, images):
