@@ -75,7 +75,7 @@ def naive(arch: str, size: int, batch: int):
     def step(x1, x2):
         x1 = (x1.float() / 255 - mean) / std
         x2 = (x2.float() / 255 - mean) / std
-        z1, z2, _ = model(x1, x2)
+        z1, z2, _, _ = model(x1, x2)
         loss = loss_fn(z1, z2)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,7 +9,7 @@ import torch
 from training.loss import BarlowTwinsLoss
 
 sys.path.insert(0, str(Path(__file__).parent))
-from training_dist_worker import fixed_batch, images, tiny_net  # noqa: E402
+from training_dist_worker import fixed_batch, images, small_view, tiny_net  # noqa: E402
 from conftest import run_torchrun  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +42,18 @@ def test_loss_and_grads_match_single_process(two_ranks):
         s = slice(*r["part"])
         assert rel_err(r["grad_z1"], a.grad[s]) <= 1e-5
         assert rel_err(r["grad_z2"], b.grad[s]) <= 1e-5
+
+
+def test_multi_crop_loss_and_grads_match_single_process(two_ranks):
+    z1, z2 = fixed_batch()
+    views = [z.clone().requires_grad_() for z in (z1, z2, small_view(z1))]
+    loss = BarlowTwinsLoss(lambd=0.0051)(views[0], views[1], (views[2],))
+    loss.backward()
+    for r in two_ranks:
+        assert rel_err(r["multi_crop_loss"], loss.detach()) <= 1e-5
+        s = slice(*r["part"])
+        for got, view in zip(r["multi_crop_grads"], views):
+            assert rel_err(got, view.grad[s]) <= 1e-5
 
 
 def test_ddp_parameter_grads_are_the_true_gradient(two_ranks):

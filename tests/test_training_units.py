@@ -47,6 +47,20 @@ def test_loss_is_float32_under_bf16_autocast():
     assert loss.item() == pytest.approx(want, rel=1e-4)
 
 
+def test_multi_crop_loss_is_the_mean_over_pairs_and_logs_the_large_pair():
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
+    small = (z1 + torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g))
+    loss_fn = BarlowTwinsLoss(lambd=0.0051)
+    loss = loss_fn(z1, z2, small)
+    pairs = [(z1, z2)] + [(s, z) for s in small for z in (z1, z2)]
+    want = np.mean([reference_loss(a.numpy(), b.numpy(), 0.0051)[0] for a, b in pairs])
+    assert loss.item() == pytest.approx(want, rel=1e-4)
+    _, on, off = reference_loss(z1.numpy(), z2.numpy(), 0.0051)
+    assert loss_fn.parts["on_diag"].item() == pytest.approx(on, rel=1e-4)
+    assert loss_fn.parts["off_diag"].item() == pytest.approx(off, rel=1e-4)
+
+
 def test_off_diagonal():
     m = torch.arange(9.0).view(3, 3)
     assert off_diagonal(m).tolist() == [1, 2, 3, 5, 6, 7]
@@ -124,12 +138,37 @@ def test_views_depend_only_on_seed_epoch_and_index(tmp_path):
     assert torch.equal(state, torch.get_rng_state())  # and the main process's RNG stream is left alone
 
 
+def test_multi_crop_adds_small_views_and_a_step_trains_on_them(tmp_path):
+    from training.loop import Trainer
+
+    data = tmp_path / "data"
+    data.mkdir()
+    files = _photo_files(data, 8)
+    config = apply_overrides(load_recipe("cpu-tiny"), ["image_size=24", "local_crops=2", "local_size=12",
+                                                       "batch_size=4", "projector=[16]", "num_workers=0",
+                                                       "max_steps=2", "log_every=1"])
+    views, error = TwoViewDataset(files, config)[(0, 1)]
+    assert error is None and [tuple(v.shape) for v in views] == [(3, 24, 24)] * 2 + [(3, 12, 12)] * 2
+    assert not torch.equal(views[2], views[3])  # each small view is its own crop
+    batch, _ = collate_views([TwoViewDataset(files, config)[(0, i)] for i in range(3)])
+    assert [tuple(b.shape) for b in batch] == [(3, 3, 24, 24)] * 2 + [(3, 3, 12, 12)] * 2
+    trainer = Trainer(config, data, tmp_path / "run", device="cpu", progress=False)
+    z1, z2, zs, _ = trainer.model(*[torch.randn(4, 3, s, s) for s in (24, 24, 12, 12)])
+    assert len(zs) == 2 and all(z.shape == z1.shape for z in zs)
+    before = trainer.model.trunk.trunk.conv1.weight.detach().clone()
+    record = trainer.fit()
+    assert trainer.step == 2 and math.isfinite(record["loss"])
+    assert not torch.equal(before, trainer.model.trunk.trunk.conv1.weight)
+    with pytest.raises(ConfigError, match="local_crops"):
+        apply_overrides(config, ["local_crops=-1"])
+
+
 def test_bad_files_are_dropped_and_reported(tmp_path):
     files = _photo_files(tmp_path, 3)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
     ds = TwoViewDataset(files + [bad], load_recipe("cpu-tiny"))
-    x1, x2, errors = collate_views([ds[(0, i)] for i in range(4)])
+    (x1, x2), errors = collate_views([ds[(0, i)] for i in range(4)])
     assert x1.shape[0] == x2.shape[0] == 3
     assert len(errors) == 1 and errors[0][0] == str(bad)
 

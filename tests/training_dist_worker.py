@@ -25,6 +25,12 @@ def fixed_batch(n=16, d=24, seed=0):
     return z1, z2
 
 
+def small_view(z1, seed=2):
+    """A multi-crop small view's projector output for the fixed batch, correlated with view 1."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.4 * z1 + torch.randn(z1.shape, generator=g)
+
+
 class TwoViews(nn.Module):
     """Both views through one network in one call, as training.model.BarlowTwins does."""
 
@@ -76,6 +82,11 @@ def main(out: Path):
     a, b = z1[part].clone().requires_grad_(), z2[part].clone().requires_grad_()
     loss = loss_fn(a, b)
     loss.backward()
+    # Multi-crop: the small view is paired with both large ones, each pair with its own global statistics.
+    a_mc, b_mc = z1[part].clone().requires_grad_(), z2[part].clone().requires_grad_()
+    s_mc = small_view(z1)[part].clone().requires_grad_()
+    multi_crop_loss = loss_fn(a_mc, b_mc, (s_mc,))
+    multi_crop_loss.backward()
 
     net = convert_sync_batchnorm(tiny_net(), rt.device)
     ddp = nn.parallel.DistributedDataParallel(net)
@@ -86,6 +97,8 @@ def main(out: Path):
     running = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
 
     torch.save({"loss": loss.detach(), "grad_z1": a.grad, "grad_z2": b.grad, "part": (part.start, part.stop),
+                "multi_crop_loss": multi_crop_loss.detach(),
+                "multi_crop_grads": (a_mc.grad, b_mc.grad, s_mc.grad),
                 "model_loss": model_loss.detach(), "param_grads": grads, "running": running,
                 "world": world}, out / f"rank{rank}.pt")
     dist.barrier()

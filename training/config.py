@@ -50,6 +50,12 @@ class TrainConfig:
     blur_p: tuple = (1.0, 0.1)
     blur_sigma: tuple = (0.1, 2.0)  # pixels, at image_size
     solarize_p: tuple = (0.0, 0.2)
+    # Multi-crop (Caron et al., 2020; not in the Barlow Twins paper, which uses two views): local_crops extra small
+    # views per image, each paired with both large views in the loss. 0 keeps the paper's two-view method.
+    local_crops: int = 0
+    local_size: int = 48
+    local_scale: tuple = (0.05, 0.2)
+    local_blur_p: float = 0.5
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
     # Data loading.
@@ -91,7 +97,11 @@ class TrainConfig:
             raise ConfigError("batch_size must be at least 2 (the loss standardizes along the batch)")
         if self.repeats < 1 or self.epochs < 1:
             raise ConfigError("epochs and repeats must be at least 1")
-        for names, n in ((("blur_p", "solarize_p", "crop_scale", "blur_sigma"), 2), (("mean", "std"), 3)):
+        if self.local_crops < 0 or (self.local_crops and self.local_size < 8):
+            raise ConfigError(f"local_crops must be 0 or more and local_size at least 8, got {self.local_crops} "
+                              f"and {self.local_size}")
+        for names, n in ((("blur_p", "solarize_p", "crop_scale", "blur_sigma", "local_scale"), 2),
+                         (("mean", "std"), 3)):
             for name in names:
                 if len(getattr(self, name)) != n:
                     raise ConfigError(f"config key {name} needs {n} values, got {list(getattr(self, name))}")

@@ -46,14 +46,24 @@ def view_transform(config: TrainConfig, view: int) -> v2.Compose:
     Every step works on the PIL image, as the official code does; the float conversion and normalization
     happen on the training device (see `normalize_views`).
     """
+    return _augment(config, config.image_size, config.crop_scale, config.blur_p[view], config.solarize_p[view])
+
+
+def local_transform(config: TrainConfig) -> v2.Compose:
+    """The augmentation of a multi-crop small view: a small crop at local_size, never solarized."""
+    return _augment(config, config.local_size, config.local_scale, config.local_blur_p, 0.0)
+
+
+def _augment(config: TrainConfig, size: int, scale, blur_p: float, solarize_p: float) -> v2.Compose:
+    """Crop → flip → colour jitter → grayscale → blur → solarize on PIL, then uint8 CHW."""
     return v2.Compose([
-        v2.RandomResizedCrop(config.image_size, scale=tuple(config.crop_scale),
-                             interpolation=_INTERPOLATION[config.interpolation], antialias=True),
+        v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=_INTERPOLATION[config.interpolation],
+                             antialias=True),
         v2.RandomHorizontalFlip(p=config.flip_p),
         v2.RandomApply([v2.ColorJitter(*config.jitter)], p=config.jitter_p),
         v2.RandomGrayscale(p=config.grayscale_p),
-        v2.RandomApply([PILGaussianBlur(tuple(config.blur_sigma))], p=config.blur_p[view]),
-        v2.RandomSolarize(threshold=128, p=config.solarize_p[view]),
+        v2.RandomApply([PILGaussianBlur(tuple(config.blur_sigma))], p=blur_p),
+        v2.RandomSolarize(threshold=128, p=solarize_p),
         v2.PILToTensor(),
     ])
 
@@ -83,12 +93,13 @@ def decode_files(files: list[Path], decode_size: int, threads: int) -> list:
 
 
 class TwoViewDataset(Dataset):
-    """(epoch, index) → (uint8 view A, uint8 view B) of file index % n, or an error cause for a bad file."""
+    """(epoch, index) → (uint8 view A, view B, small views...) of file index % n, or an error cause for a bad file."""
 
     def __init__(self, files: list[Path], config: TrainConfig, decoded: list | None = None):
         self.files = files
         self.config = config
-        self.transforms = (view_transform(config, 0), view_transform(config, 1))
+        self.transforms = (view_transform(config, 0), view_transform(config, 1),
+                           *[local_transform(config)] * config.local_crops)
         # Built before the loader forks its workers, so they share these pages instead of copying them.
         self.decoded = decoded
 
@@ -114,17 +125,20 @@ class TwoViewDataset(Dataset):
         # In a worker the global RNG is ours; in the main process keep the caller's stream untouched.
         with torch.random.fork_rng(devices=[], enabled=not in_worker):
             torch.manual_seed(sample_seed(self.config.seed, epoch, index))
-            views = (self.transforms[0](image), self.transforms[1](image))
+            views = tuple(transform(image) for transform in self.transforms)
         return views, None
 
 
 def collate_views(samples):
-    """Stack the good samples into two uint8 batches; bad files are dropped and reported."""
+    """Stack the good samples into one uint8 batch per view (A, B, small views...); bad files are dropped and reported.
+
+    Returns (views, bad): views is a tuple of batches, or None when every file of the batch was bad.
+    """
     good = [views for views, error in samples if views is not None]
     bad = [error for views, error in samples if views is None]
     if not good:
-        return None, None, bad
-    return torch.stack([a for a, _ in good]), torch.stack([b for _, b in good]), bad
+        return None, bad
+    return tuple(torch.stack(batch) for batch in zip(*good)), bad
 
 
 class ResumableSampler(DistributedSampler):

@@ -206,15 +206,16 @@ class Trainer:
             if self.rt.is_main:
                 save_checkpoint(state, self.run_dir)
 
-    def train_step(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """One optimizer step on a local batch of uint8 views; returns (loss, z1, trunk features)."""
+    def train_step(self, x1: torch.Tensor, x2: torch.Tensor,
+                   *small: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One optimizer step on a local batch of uint8 views (and small views); returns (loss, z1, trunk features)."""
         rt, c = self.rt, self.config
         set_lr(self.optimizer, lr_scale(self.step, self.total_steps, self.warmup_steps, c.final_lr_ratio))
-        x1 = normalize_views(x1.to(rt.device, non_blocking=True), self.mean, self.std, c.channels_last)
-        x2 = normalize_views(x2.to(rt.device, non_blocking=True), self.mean, self.std, c.channels_last)
+        views = [normalize_views(x.to(rt.device, non_blocking=True), self.mean, self.std, c.channels_last)
+                 for x in (x1, x2, *small)]
         with torch.autocast(rt.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            z1, z2, h1 = self.net(x1, x2)
-        loss = self.loss_fn(z1, z2)  # float32 inside, whatever autocast did
+            z1, z2, zs, h1 = self.net(*views)
+        loss = self.loss_fn(z1, z2, zs)  # float32 inside, whatever autocast did
         self.optimizer.zero_grad(set_to_none=True)
         # One global loss, but DDP averages gradients over ranks: scale by world size to get its true gradient.
         self.scaler.scale(loss * rt.world_size).backward()
@@ -249,11 +250,11 @@ class Trainer:
                 epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_position(epoch, in_epoch * (c.batch_size // rt.world_size))
                 started, ran = time.perf_counter(), False
-                for x1, x2, bad in self._agreed_batches():
+                for views, bad in self._agreed_batches():
                     ran = True
-                    loss, z1, h1 = self.train_step(x1, x2)
+                    loss, z1, h1 = self.train_step(*views)
                     bar.update(1)
-                    health.update(loss, self.loss_fn.parts, z1, h1, x1.shape[0] * rt.world_size, bad)
+                    health.update(loss, self.loss_fn.parts, z1, h1, views[0].shape[0] * rt.world_size, bad)
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     if self.step % c.log_every == 0 or end_of_epoch or self.step == last:
                         with stop_together(f"logging step {self.step}", rt.device):
@@ -278,7 +279,7 @@ class Trainer:
         return self.last_metrics
 
     def _agreed_batches(self):
-        """The loader's batches, each released once every rank has fetched its own; yields (x1, x2, bad files).
+        """The loader's batches, each released once every rank has fetched its own; yields (views, bad files).
 
         A data error on one rank stops every rank here, before the step: had that rank raised alone, the others
         would wait for it inside the model's collectives, where NCCL (unlike gloo) does not notice a peer that
@@ -288,13 +289,13 @@ class Trainer:
         while True:
             error = None
             try:
-                x1, x2, bad = next(batches)
+                views, bad = next(batches)
             except StopIteration:
                 return  # after the same number of batches on every rank (equal shards, drop_last)
             except Exception as e:  # e.g. a loader worker that died or hit an unexpected decode error
                 error, bad = e, []
             else:
-                if x1 is None:
+                if views is None:
                     error = DataError(f"a whole batch of files under {self.data} was unreadable "
                                       f"(e.g. {bad[0][0]}: {bad[0][1]}); clean the folder")
             failed, n_bad = self._agree_on_batch(error is not None, bad)
@@ -303,7 +304,7 @@ class Trainer:
             if failed:
                 raise DataError(f"process {', '.join(map(str, failed))} of {self.rt.world_size} failed to load its "
                                 f"batch for step {self.step + 1} (its own message says why); stopping too")
-            yield x1, x2, n_bad
+            yield views, n_bad
 
     def _agree_on_batch(self, failed: bool, bad: list) -> tuple[list[int], int]:
         """All ranks: which ranks failed to get a batch, and the bad files over all ranks (counted and noted)."""

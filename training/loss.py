@@ -55,14 +55,23 @@ class BarlowTwinsLoss(nn.Module):
         self.eps = eps
         self.parts: dict[str, float] = {}
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        """Projector outputs of the two views [n_local, D] → the Barlow Twins loss of the global batch."""
-        device_type = z1.device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor, small: tuple = ()) -> torch.Tensor:
+        """Projector outputs of the two views [n_local, D] → the Barlow Twins loss of the global batch.
+
+        With multi-crop's small views, every small view is paired with both large ones and the loss is the mean
+        over all pairs, so its scale stays that of the two-view loss; `parts` stays the large pair's.
+        """
+        loss, on_diag, off_diag = self._pair(z1, z2)
+        self.parts = {"on_diag": on_diag.detach(), "off_diag": off_diag.detach()}
+        if small:
+            loss = (loss + sum(self._pair(zs, z)[0] for zs in small for z in (z1, z2))) / (1 + 2 * len(small))
+        return loss
+
+    def _pair(self, z1: torch.Tensor, z2: torch.Tensor):
+        """(loss, on-diagonal term, off-diagonal term) of one pair of views, in float32 whatever autocast does."""
+        with torch.autocast(device_type=z1.device.type, enabled=False):
             z1n, z2n, n = global_standardize(z1.float(), z2.float(), self.eps)
             c = sum_identity_grad(z1n.T @ z2n / n)
             on_diag = (torch.diagonal(c) - 1).pow(2).sum()
             off_diag = off_diagonal(c).pow(2).sum()
-            loss = on_diag + self.lambd * off_diag
-        self.parts = {"on_diag": on_diag.detach(), "off_diag": off_diag.detach()}
-        return loss
+        return on_diag + self.lambd * off_diag, on_diag, off_diag

@@ -23,7 +23,8 @@ class ProjectorHead(nn.Sequential):
 
 
 class BarlowTwins(nn.Module):
-    """(view1, view2) → (z1, z2, trunk features of view1); the views pass separately so BN never pools them."""
+    """(view1, view2, small views...) → (z1, z2, small zs, trunk features of view1); views pass separately so BN
+    never pools the two large ones."""
 
     def __init__(self, config: TrainConfig):
         super().__init__()
@@ -31,8 +32,10 @@ class BarlowTwins(nn.Module):
         self.trunk = Encoder(model_config, zero_init_residual=config.zero_init_residual)
         self.projector = ProjectorHead(model_config.embedding_dim, config.projector)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, *small: torch.Tensor):
         h1 = self.trunk(x1)
         z1 = self.projector(h1)
         z2 = self.projector(self.trunk(x2))
-        return z1, z2, h1.detach()
+        # Multi-crop's small views share one resolution, so they go through as one batch (one forward for DDP).
+        zs = self.projector(self.trunk(torch.cat(small))).chunk(len(small)) if small else ()
+        return z1, z2, zs, h1.detach()
