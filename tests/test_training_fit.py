@@ -212,11 +212,13 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     assert run(["export", str(reference_run[0]), "--out", str(fp32)]).returncode == 0
     labeled = tiny_data[1]  # 6 classes x 4 crops: one dev task called "labeled"
     evaluation, manifest, registry = tmp_path / "dev.json", tmp_path / "manifest.json", tmp_path / "registry.json"
+    # Measured as a staged copy in two parallel jobs, recorded under the name it ships as.
     proc = run([str(fp32), "--dev", str(labeled.parent), "--tasks", "labeled", "--folds", "2", "--seeds", "0", "1",
-                "--out", str(evaluation)], module="training.dev_eval")
+                "--jobs", "2", "--name", "test/ship", "--out", str(evaluation)], module="training.dev_eval")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(evaluation.read_text())["rows"]
-    assert [r["features"] for r in rows] == ["model", "random-init", "raw32"]
+    assert [r["features"] for r in rows] == ["model", "random-init", "raw32"]  # table order, whatever ended first
+    assert all("--model test/ship " in c and str(fp32) not in c for r in rows for c in r["commands"])
     assert all(r["images"] == 24 and 0.0 <= r["linear_top1"] <= 1.0 for r in rows)
     # Each number is the mean of one `btembed probe --seed S` per seed, and those commands are kept.
     for r in rows:

@@ -1,17 +1,21 @@
 """Evaluate a model on the labeled dev set with `btembed probe`: trained vs random init vs raw 32x32 pixels.
 
-python -m training.dev_eval MODEL_DIR --dev /work/data/dev [--seeds 0 1 2] [--out RESULTS.json]
+python -m training.dev_eval MODEL_DIR --dev /work/data/dev [--seeds 0 1 2] [--jobs 2] [--out RESULTS.json]
 Every number comes from `btembed probe` commands, printed beside it so anyone can reproduce it; with several
-seeds (folds, inner split and random init all change with the seed) each number is their mean.
+seeds (folds, inner split and random init all change with the seed) each number is their mean. --name records
+the commands with the name the model will ship under, so a staged copy can be measured before it is shipped.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 FEATURES = ("model", "random-init", "raw32")
@@ -20,11 +24,16 @@ METRICS = {"linear_top1": ("linear", "top1"), "linear_top5": ("linear", "top5"),
            "knn_majority5_top1": ("knn", "majority5_top1")}
 
 
-def probe(task_dir: Path, model: str, features: str, folds: int, seed: int = 0) -> tuple[dict, list[str]]:
-    """Run `btembed probe --json` once; returns its JSON and the command line."""
-    cmd = ["btembed", "probe", str(task_dir), "--model", model, "--features", features,
-           "--folds", str(folds), "--seed", str(seed), "--no-catalog", "--json"]
-    run = subprocess.run([sys.executable, "-m", "btembed", *cmd[1:]], capture_output=True, text=True)
+def probe(task_dir: Path, model: str, features: str, folds: int, seed: int = 0, name: str = "",
+          threads: int = 0) -> tuple[dict, list[str]]:
+    """Run `btembed probe --json` once; returns its JSON and the command line (with `name` for the model if set)."""
+    args = ["probe", str(task_dir), "--model", model, "--features", features,
+            "--folds", str(folds), "--seed", str(seed), "--no-catalog", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    run = subprocess.run([sys.executable, "-m", "btembed", *args], capture_output=True, text=True, env=env)
+    cmd = ["btembed", *args]
+    if name:
+        cmd[cmd.index("--model") + 1] = name
     if run.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed: {run.stderr.strip()[-500:]}")
     return json.loads(run.stdout), cmd
@@ -84,27 +93,45 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="probe once per seed and report the mean (a single reading moves by ~1-2 points)")
     ap.add_argument("--features", nargs="*", default=list(FEATURES), choices=FEATURES)
+    ap.add_argument("--name", default="", help="model name to record in the commands (default: MODEL as given)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="probes run at once, each with OMP_NUM_THREADS = cpu_count / jobs (small L-BFGS fits are "
+                         "single-threaded, so one probe leaves cores idle)")
     ap.add_argument("--out", type=Path, default=None, help="write the rows and commands as JSON here")
     args = ap.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         ap.error(f"--seeds repeats a seed: {args.seeds}")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     if not args.dev.is_dir():
         ap.error(f"--dev {args.dev} is not a folder (build it with python -m training.devset {args.dev})")
     tasks = args.tasks or sorted(p.name for p in args.dev.iterdir() if p.is_dir() and p.name != "licenses")
-    rows = []
-    for task in tasks:
-        for features in args.features:
-            start = time.monotonic()
-            runs = [(seed, *probe(args.dev / task, args.model, features, args.folds, seed)) for seed in args.seeds]
-            row = seeded_row(task, features, runs)
-            row["seconds"] = round(time.monotonic() - start, 1)
-            rows.append(row)
+    cells = [(task, features) for task in tasks for features in args.features]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
+    rows: dict[tuple[str, str], dict] = {}
+    saving = threading.Lock()  # one writer at a time: write_results goes through a single temporary file
+
+    def measure(cell: tuple[str, str]) -> None:
+        """All seeds of one (task, features) cell, in order; the row is saved as soon as it is complete."""
+        task, features = cell
+        start = time.monotonic()
+        runs = [(seed, *probe(args.dev / task, args.model, features, args.folds, seed, args.name, threads))
+                for seed in args.seeds]
+        row = seeded_row(task, features, runs)
+        row["seconds"] = round(time.monotonic() - start, 1)
+        with saving:
+            rows[cell] = row
             if args.out:  # after every row, so a long evaluation that stops keeps what it measured
-                write_results(args.out, args.model, args.dev, args.seeds, rows)
-            print(f"{task:12s} {features:12s} linear {100 * row['linear_top1']:.1f}{spread(row, 'linear_top1')} % "
-                  f"knn {100 * row['knn_top1']:.1f}{spread(row, 'knn_top1')} % ({row['seconds']} s)",
-                  file=sys.stderr, flush=True)
-    print(markdown(rows))
+                write_results(args.out, args.name or args.model, args.dev, args.seeds,
+                              [rows[c] for c in cells if c in rows])
+        print(f"{task:12s} {features:12s} linear {100 * row['linear_top1']:.1f}{spread(row, 'linear_top1')} % "
+              f"knn {100 * row['knn_top1']:.1f}{spread(row, 'knn_top1')} % ({row['seconds']} s)",
+              file=sys.stderr, flush=True)
+
+    # The threads only wait on probe subprocesses; each save lists the finished rows in table order.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(measure, cells))
+    print(markdown([rows[c] for c in cells]))
     return 0
 
 
