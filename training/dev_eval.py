@@ -109,17 +109,23 @@ def main(argv=None) -> int:
     cells = [(task, features) for task in tasks for features in args.features]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
     rows: dict[tuple[str, str], dict] = {}
+    runs: dict[tuple[str, str], dict[int, tuple]] = {cell: {} for cell in cells}
+    seconds = {cell: 0.0 for cell in cells}  # probe time summed over seeds (not wall time: probes overlap)
     saving = threading.Lock()  # one writer at a time: write_results goes through a single temporary file
 
-    def measure(cell: tuple[str, str]) -> None:
-        """All seeds of one (task, features) cell, in order; the row is saved as soon as it is complete."""
-        task, features = cell
+    def measure(job: tuple[str, str, int]) -> None:
+        """One probe; when it is the last seed of its (task, features) cell, the row is built and saved."""
+        task, features, seed = job
+        cell = (task, features)
         start = time.monotonic()
-        runs = [(seed, *probe(args.dev / task, args.model, features, args.folds, seed, args.name, threads))
-                for seed in args.seeds]
-        row = seeded_row(task, features, runs)
-        row["seconds"] = round(time.monotonic() - start, 1)
+        result = probe(args.dev / task, args.model, features, args.folds, seed, args.name, threads)
         with saving:
+            runs[cell][seed] = result
+            seconds[cell] += time.monotonic() - start
+            if len(runs[cell]) < len(args.seeds):
+                return
+            row = seeded_row(task, features, [(s, *runs[cell][s]) for s in args.seeds])
+            row["seconds"] = round(seconds[cell], 1)
             rows[cell] = row
             if args.out:  # after every row, so a long evaluation that stops keeps what it measured
                 write_results(args.out, args.name or args.model, args.dev, args.seeds,
@@ -128,9 +134,10 @@ def main(argv=None) -> int:
               f"knn {100 * row['knn_top1']:.1f}{spread(row, 'knn_top1')} % ({row['seconds']} s)",
               file=sys.stderr, flush=True)
 
-    # The threads only wait on probe subprocesses; each save lists the finished rows in table order.
+    # Every (task, features, seed) probe is one job; the threads only wait on probe subprocesses, and each save
+    # lists the finished rows in table order.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(measure, cells))
+        list(pool.map(measure, [(*cell, seed) for cell in cells for seed in args.seeds]))
     print(markdown([rows[c] for c in cells]))
     return 0
 
