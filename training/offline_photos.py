@@ -17,7 +17,7 @@ from PIL import Image
 from training.debpkg import (DebCache, LicenceRule, Package, PrepError, lookup_licence,  # noqa: F401
                              parse_dep5, parse_gcompris_readme)
 from training.photo_sources import (FASHION_CLASSES, FASHION_DIR, GCOMPRIS_ACTIVITIES, GROUPS,  # noqa: F401
-                                    POOL_NOTES, SKIMAGE_PHOTOS, SOURCES, UFOAI_AUX_SUFFIXES, Context, Item,
+                                    POOL_NOTES, PROCEDURAL, SKIMAGE_PHOTOS, SOURCES, UFOAI_AUX_SUFFIXES, Context, Item,
                                     Source, fashion_items, fashion_split, gcompris_items, openclipart_candidates,
                                     openclipart_items, openclipart_root, read_idx, skimage_items, sklearn_items,
                                     stellarium_items, ufoai_candidates, ufoai_items, ufoai_zip)
@@ -197,16 +197,20 @@ def build_manifest(kind: str, command: str, sources: dict[str, dict], rows: list
 
 
 def run(out: Path, cache: Path, names: list[str], seed: int, openclipart_cap: int, fashion_cap: int,
-        command: str = "python -m training.offline_photos") -> dict:
+        command: str = "python -m training.offline_photos", procedural: int = 0) -> dict:
     """Build out/train, out/manifest.json and out/MANIFEST.md; return the manifest."""
     t0 = time.time()
+    if procedural < 0:
+        raise PrepError(f"--procedural must be 0 or more, got {procedural}")
     prepare_out(out, ["train"])
-    ctx = Context(DebCache(cache), seed, openclipart_cap, fashion_cap)
+    ctx = Context(DebCache(cache), seed, openclipart_cap, fashion_cap, procedural)
     pool = Pool(out, "train")
     sources: dict[str, dict] = {}
     caps = {"openclipart": openclipart_cap, "fashion": fashion_cap}
-    for name in names:
-        src = SOURCES[name]
+    # Generated images come last, so every real picture's dedupe is the same with or without them.
+    chosen = [SOURCES[name] for name in names] + ([PROCEDURAL] if procedural else [])
+    for src in chosen:
+        name = src.name
         stats: dict[str, int] = {}
         items = src.items(ctx)
         bar = tqdm(desc=f"{name:>13}", unit="img", file=sys.stderr, mininterval=1.0)
@@ -225,7 +229,8 @@ def run(out: Path, cache: Path, names: list[str], seed: int, openclipart_cap: in
     manifest = build_manifest("train-pool", command, sources, pool.rows, out, t0, {
         "seed": seed, "max_short_side": MAX_SHORT_SIDE, "max_pixels": MAX_PIXELS,
         "dedupe": "sha256 of original bytes across all sources, then sha256 of decoded pixels (<= 4 MP)",
-        "sha256_note": "sha256 is of the original file bytes; for array sources (fashion, skimage) of the array",
+        "sha256_note": "sha256 is of the original file bytes; for array sources (fashion, skimage, procedural) "
+                       "of the array",
         "tiles": f"photo sources with a short side >= {TILE_ZOOM * MAX_SHORT_SIDE} px also give 5 tiles (4 quadrants "
                  f"+ centre, 1/{TILE_ZOOM} of each side) under <source>-tiles/, rows marked tile_of; same licence",
     })
@@ -268,11 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--openclipart-cap", type=int, default=DEFAULT_OPENCLIPART_CAP)
     ap.add_argument("--fashion-cap", type=int, default=DEFAULT_FASHION_CAP)
+    ap.add_argument("--procedural", type=int, default=0, metavar="N",
+                    help="also add N generated images (training/procedural.py; default 0: real pictures only)")
     args = ap.parse_args(argv)
     try:
         names = parse_sources(args.sources)
         m = run(args.out, args.cache or default_cache(args.out), names, args.seed, args.openclipart_cap,
-                args.fashion_cap, " ".join(["python -m training.offline_photos", *(argv or sys.argv[1:])]))
+                args.fashion_cap, " ".join(["python -m training.offline_photos", *(argv or sys.argv[1:])]),
+                args.procedural)
     except PrepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,8 @@ POOL_NOTES = {
     "fashion": "real but tiny 28x28 grey product photos: a class-balanced capped sample of the TRAIN split only "
     "(the dev set uses the TEST split), kept at native size",
     "ufoai": "colour textures only (normal/specular/glow maps dropped); dev-set files held out",
+    "procedural": "generated, not photos: dead leaves, coloured 1/f noise and textured dead leaves in turn "
+    "(training/procedural.py), each image a function of (seed, index); only with --procedural N",
 }
 
 
@@ -72,6 +74,7 @@ class Context:
     seed: int
     openclipart_cap: int
     fashion_cap: int
+    procedural: int = 0  # generated images to add (0: none, the default pool)
     meta: dict[str, dict] = field(default_factory=dict)
 
 
@@ -290,6 +293,25 @@ def sklearn_items(ctx: Context) -> Iterator[Item]:
         yield Item(inner=f"sklearn/datasets/images/{base}", rel=Path(base).stem, load=Path(fname).read_bytes,
                    licence="CC-BY-2.0", copyright="danielbuechele / vultilion (Flickr), see sklearn README")
 
+
+PROCEDURAL_SIZE = 256  # px; training decodes at most 224 px and crops 112
+
+
+def procedural_items(ctx: Context) -> Iterator[Item]:
+    """ctx.procedural generated images (training/procedural.py) drawn from ctx.seed."""
+    from training.procedural import FAMILIES, LICENCE, procedural_image
+
+    ctx.meta["procedural"] = {"package": "training.procedural (generated)", "version": f"seed {ctx.seed}",
+                              "families": list(FAMILIES), "size": PROCEDURAL_SIZE}
+    for i in range(ctx.procedural):
+        family, a = procedural_image(ctx.seed, i, PROCEDURAL_SIZE)
+        yield Item(inner=f"procedural_image(seed={ctx.seed}, index={i})", rel=f"{family}/{i:05d}", load=None,
+                   array=a, prehashed=sha256(a.tobytes()), licence=LICENCE)
+
+
+# Not in SOURCES: it is no package and joins the pool only when asked for (offline_photos --procedural N).
+PROCEDURAL = Source("procedural", "training.procedural", "CC0-1.0 (generated)", notes=POOL_NOTES["procedural"],
+                    items=procedural_items)
 
 SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("gcompris", "gcompris-qt-data", "CC-BY-SA / CC-BY / public domain (per-file README)",
