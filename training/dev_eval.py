@@ -134,10 +134,11 @@ def main(argv=None) -> int:
               f"knn {100 * row['knn_top1']:.1f}{spread(row, 'knn_top1')} % ({row['seconds']} s)",
               file=sys.stderr, flush=True)
 
-    # Every (task, features, seed) probe is one job; the threads only wait on probe subprocesses, and each save
-    # lists the finished rows in table order.
+    # Every (task, features, seed) probe is one job, the model's first (so a run that is going badly shows it
+    # early); the threads only wait on probe subprocesses, and each save lists the finished rows in table order.
+    jobs = [(task, features, seed) for features in args.features for task in tasks for seed in args.seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(measure, [(*cell, seed) for cell in cells for seed in args.seeds]))
+        list(pool.map(measure, jobs))
     print(markdown([rows[c] for c in cells]))
     return 0
 
