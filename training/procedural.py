@@ -61,6 +61,15 @@ def leaf_polygon(rng: np.random.Generator, shape: str, cx: float, cy: float, r: 
     return [(cx + r * np.cos(a), cy + r * np.sin(a)) for a in angles]
 
 
+def draw_leaf(draw: ImageDraw.ImageDraw, rng: np.random.Generator, shape: str, cx: float, cy: float, r: float,
+              fill) -> None:
+    """Paint one leaf of radius r centred at (cx, cy) in draw's coordinates."""
+    if shape == "disc":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon(leaf_polygon(rng, shape, cx, cy, r), fill=fill)
+
+
 def dead_leaves(rng: np.random.Generator, size: int, textures: list[np.ndarray] | None = None) -> np.ndarray:
     """Shapes from a per-image palette painted back to front, so later (mostly small) ones occlude earlier ones.
 
@@ -78,12 +87,7 @@ def dead_leaves(rng: np.random.Generator, size: int, textures: list[np.ndarray] 
         shape = SHAPES[rng.integers(len(SHAPES))]
         colour = int(rng.integers(len(palette)))
         if not textures:
-            draw = ImageDraw.Draw(canvas)
-            fill = tuple(int(c) for c in palette[colour])
-            if shape == "disc":
-                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-            else:
-                draw.polygon(leaf_polygon(rng, shape, cx, cy, r), fill=fill)
+            draw_leaf(ImageDraw.Draw(canvas), rng, shape, cx, cy, r, tuple(int(c) for c in palette[colour]))
             continue
         # Textured leaf: draw its mask in its bounding box only, and paste that window of a tinted texture.
         x0, y0 = max(int(np.floor(cx - r)), 0), max(int(np.floor(cy - r)), 0)
@@ -91,11 +95,7 @@ def dead_leaves(rng: np.random.Generator, size: int, textures: list[np.ndarray] 
         if x1 <= x0 or y1 <= y0:
             continue
         mask = Image.new("L", (x1 - x0, y1 - y0), 0)
-        draw = ImageDraw.Draw(mask)
-        if shape == "disc":
-            draw.ellipse([cx - r - x0, cy - r - y0, cx + r - x0, cy + r - y0], fill=255)
-        else:
-            draw.polygon([(x - x0, y - y0) for x, y in leaf_polygon(rng, shape, cx, cy, r)], fill=255)
+        draw_leaf(ImageDraw.Draw(mask), rng, shape, cx - x0, cy - y0, r, 255)
         key = (int(rng.integers(len(textures))), colour)
         if key not in tinted:
             tinted[key] = _to_uint8(textures[key[0]] * (0.4 + 0.6 * palette[colour] / 255))
