@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 FEATURES = ("model", "random-init", "raw32")
@@ -24,19 +24,36 @@ METRICS = {"linear_top1": ("linear", "top1"), "linear_top5": ("linear", "top5"),
            "knn_majority5_top1": ("knn", "majority5_top1")}
 
 
+class ProbeFailed(Exception):
+    """A `btembed probe` command that exited with an error."""
+
+
 def probe(task_dir: Path, model: str, features: str, folds: int, seed: int = 0, name: str = "",
-          threads: int = 0) -> tuple[dict, list[str]]:
-    """Run `btembed probe --json` once; returns its JSON and the command line (with `name` for the model if set)."""
+          threads: int = 0, running: set | None = None) -> tuple[dict, list[str]]:
+    """Run `btembed probe --json` once; returns its JSON and the command line (with `name` for the model if set).
+
+    The process is in `running` while it runs, so a caller can stop it when another probe has failed.
+    """
     args = ["probe", str(task_dir), "--model", model, "--features", features,
             "--folds", str(folds), "--seed", str(seed), "--no-catalog", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    run = subprocess.run([sys.executable, "-m", "btembed", *args], capture_output=True, text=True, env=env)
     cmd = ["btembed", *args]
     if name:
         cmd[cmd.index("--model") + 1] = name
-    if run.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed: {run.stderr.strip()[-500:]}")
-    return json.loads(run.stdout), cmd
+    proc = subprocess.Popen([sys.executable, "-m", "btembed", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    if running is not None:
+        running.add(proc)
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        if running is not None:
+            running.discard(proc)
+    if proc.returncode != 0:
+        # btembed ends with its one-line error (a traceback with the exception): that line says why.
+        why = (stderr.strip().splitlines() or ["no message"])[-1][-500:]
+        raise ProbeFailed(f"{' '.join(cmd)} failed (exit {proc.returncode}): {why}")
+    return json.loads(stdout), cmd
 
 
 def scores(result: dict) -> dict:
@@ -112,13 +129,17 @@ def main(argv=None) -> int:
     runs: dict[tuple[str, str], dict[int, tuple]] = {cell: {} for cell in cells}
     seconds = {cell: 0.0 for cell in cells}  # probe time summed over seeds (not wall time: probes overlap)
     saving = threading.Lock()  # one writer at a time: write_results goes through a single temporary file
+    running: set = set()  # probe processes in flight, stopped when another probe fails
+    stopping = threading.Event()
 
     def measure(job: tuple[str, str, int]) -> None:
         """One probe; when it is the last seed of its (task, features) cell, the row is built and saved."""
         task, features, seed = job
         cell = (task, features)
+        if stopping.is_set():  # a job that was already picked up when another probe failed
+            return
         start = time.monotonic()
-        result = probe(args.dev / task, args.model, features, args.folds, seed, args.name, threads)
+        result = probe(args.dev / task, args.model, features, args.folds, seed, args.name, threads, running)
         with saving:
             runs[cell][seed] = result
             seconds[cell] += time.monotonic() - start
@@ -138,7 +159,22 @@ def main(argv=None) -> int:
     # early); the threads only wait on probe subprocesses, and each save lists the finished rows in table order.
     jobs = [(task, features, seed) for features in args.features for task in tasks for seed in args.seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(measure, jobs))
+        futures = [pool.submit(measure, job) for job in jobs]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f.exception() for f in futures if f in done and f.exception()), None)
+        if failed is not None:
+            # A failed probe fails the evaluation: queued probes never start, those in flight are stopped, and
+            # the rows finished so far stay in --out.
+            stopping.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(running):
+                proc.terminate()
+    if failed is not None:
+        if not isinstance(failed, ProbeFailed):
+            raise failed
+        kept = f"; the rows finished before it are in {args.out}" if args.out and rows else ""
+        print(f"error: {failed}{kept}", file=sys.stderr)
+        return 1
     print(markdown([rows[c] for c in cells]))
     return 0
 
