@@ -90,3 +90,15 @@ def test_checkpoint_write_failing_on_rank0_stops_every_rank(tmp_path):
     # Rank 1 hears of it in the agreement after the write instead of finding rank 0 gone in its next collective.
     assert "training: error: process 0 of 2 failed while writing the checkpoint of step 2" in stderr, stderr[-3000:]
     assert "Connection closed by peer" not in stderr, stderr[-3000:]
+
+
+def test_time_budget_schedule_is_agreed_over_ranks(tmp_path):
+    make_data(tmp_path / "data", [])
+    out = tmp_path / "run"
+    # 2 steps per epoch, an 8-step warm-up: steps 1-8 are timed on both ranks (the slower one counts), and a budget
+    # that ends inside the warm-up gives 9 steps on both, which both run and stop at together.
+    code, stderr, _ = torchrun_fit(tmp_path / "data", out, "epochs=6", "warmup_epochs=4", "time_budget=0.0001")
+    assert code == 0, stderr[-3000:]
+    assert "over steps 1-8, so the lr schedule is 9 steps" in stderr, stderr[-3000:]
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["schedule_steps"] == 9 and ck["step"] == 9 and ck["finished"] and ck["world_size"] == 2

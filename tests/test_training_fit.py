@@ -181,6 +181,28 @@ def test_sigterm_checkpoints_then_resumes(tiny_data, tmp_path):
     assert refused.returncode == 1 and "lr_weights" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_time_budget_fits_the_lr_schedule_and_resumes_it(tiny_data, tmp_path):
+    """A budget too small for the warm-up: steps 2-12 are timed, 13 steps are scheduled (with a warning), and run."""
+    out = tmp_path / "budget"
+    args = ["fit", "--recipe", "cpu-tiny", "epochs=8", "warmup_epochs=4", "time_budget=0.0001",
+            "--data", str(tiny_data[0]), "--out", str(out)]
+    proc = run(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: the time budget ends inside the lr warm-up (12 steps" in proc.stderr
+    assert re.search(r"time budget 0.0001 min: [0-9.]+ s per step over steps 2-12, so the lr schedule is 13 steps "
+                     r"\(4.33 of 8 epochs\)", proc.stderr), proc.stderr[-3000:]
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["schedule_steps"] == 13 and ck["total_steps"] == 13 and ck["step"] == 13 and ck["finished"]
+    assert max(losses(out)) == 13
+    # The same command again keeps the decided schedule (no refusal over schedule_steps, no new timing).
+    again = run(args)
+    assert again.returncode == 0 and "already finished (13 steps)" in again.stderr, again.stderr[-3000:]
+    model = tmp_path / "model"
+    assert run(["export", str(out), "--out", str(model)]).returncode == 0
+    source = json.loads((model / "config.json").read_text())["source"]["description"]
+    assert "fitted to a 0.0001-minute budget: 13 steps" in source
+
+
 def test_linear_eval_paper_protocol_at_tiny_size(reference_run, tiny_data, tmp_path):
     from training.linear_eval import LinearEvalConfig, linear_eval
 
@@ -249,3 +271,25 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     a = Embedder.from_pretrained(fp32, backend="torch").embed(photos)
     b = Embedder.from_pretrained(shipped, backend="torch").embed(photos)
     assert np.abs(a - b).max() <= 1e-3
+
+    # --recard: the shipped folder gets a new evaluation (here seed 0 alone) without its run; weights unchanged.
+    weights = (shipped / "model.safetensors").read_bytes()
+    seed0 = [{**{k: v for k, v in r.items() if k not in ("per_seed", "commands")}, "seeds": [0],
+              **{k: v[0] for k, v in r["per_seed"].items()}} for r in rows]
+    evaluation.write_text(json.dumps({"seeds": [0], "rows": seed0}))
+    proc = run(["--recard", str(shipped), "--name", "test/ship", "--folder", "ship", "--eval", str(evaluation),
+                "--weights-root", str(tmp_path / "weights"), "--registry", str(registry)],
+               module="training.ship_default")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (shipped / "model.safetensors").read_bytes() == weights
+    config = json.loads((shipped / "config.json").read_text())
+    assert config["metrics"]["dev/labeled/model/linear_top1"]["value"] == round(seed0[0]["linear_top1"], 4)
+    assert "--seed 0;" in config["metrics"]["dev/labeled/model/linear_top1"]["protocol"]
+    assert config["training"]["data_sources"]["skimage"]["count"] == 24  # kept from the first ship
+    assert "description" not in config["training"]["config"]
+    card = (shipped / "README.md").read_text()
+    assert "mean of --seed" not in card and "--seeds 0`" in card and "| skimage |" in card
+    registered = read_registry(registry)["models"]["test/ship"]  # the registry carries the new numbers too
+    assert registered["metrics"]["dev/labeled/model/linear_top1"]["value"] == round(seed0[0]["linear_top1"], 4)
+    # A run and --recard together, or neither, is a usage error.
+    assert run(["--eval", str(evaluation)], module="training.ship_default").returncode == 2

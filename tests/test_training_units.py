@@ -257,3 +257,32 @@ def test_fp16_grad_scaler_path_runs_on_cpu(tmp_path):
     trainer.fit()
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ck["scaler"]["scale"] > 0 and ck["step"] == 1
+
+
+def test_time_budget_schedule_length():
+    from training.budget import SAFETY, fitted_steps, timing_window
+
+    # 10 min budget, 1 min spent, 0.5 s per step: (9 min x (1 - SAFETY)) / 0.5 s more steps after step 50.
+    steps, warning = fitted_steps(600, 60, 0.5, step=50, full_steps=5000, warmup_steps=358)
+    assert steps == 50 + math.floor(540 * (1 - SAFETY) / 0.5) and warning == ""
+    # Never longer than the recipe's epochs.
+    assert fitted_steps(10 ** 6, 60, 0.5, step=50, full_steps=2685, warmup_steps=358) == (2685, "")
+    # A budget that ends inside the warm-up: finish it, one cosine step, and warn.
+    steps, warning = fitted_steps(30, 29, 0.5, step=50, full_steps=2685, warmup_steps=358)
+    assert steps == 359 and "ends inside the lr warm-up" in warning
+    # The timed window sits inside the warm-up, after its first fifth.
+    assert timing_window(358) == (10, 50) and timing_window(12) == (2, 12)
+    with pytest.raises(ConfigError, match="warm-up of at least 2 steps"):
+        timing_window(1)
+
+
+def test_resume_keeps_the_schedule_a_time_budget_decided(tmp_path):
+    from training.loop import resume_config
+
+    saved = load_recipe("cpu-tiny").replace(time_budget=5.0, schedule_steps=13).to_dict()
+    again = load_recipe("cpu-tiny").replace(time_budget=5.0)  # the same command line: schedule_steps unset
+    assert resume_config(again, saved, tmp_path).schedule_steps == 13
+    with pytest.raises(ConfigError, match="schedule_steps=13"):
+        resume_config(again.replace(schedule_steps=20), saved, tmp_path)
+    with pytest.raises(ConfigError, match="time_budget and schedule_steps must be 0"):
+        again.replace(time_budget=-1)

@@ -72,6 +72,10 @@ class TrainConfig:
     log_every: int = 50  # steps between health lines
     checkpoint_every: int = 1000  # steps between checkpoints (0: only at epoch ends)
     max_steps: int = 0  # stop after this many optimizer steps in total (0: the whole schedule)
+    # A wall-clock budget in minutes (0: none). The first warm-up steps are timed and the lr schedule is fitted to
+    # what the rest of the budget allows at that speed (never longer than `epochs`); the result is schedule_steps.
+    time_budget: float = 0.0
+    schedule_steps: int = 0  # length of the lr schedule in steps (0: epochs x steps per epoch)
     # Health: RankMe over the last rankme_samples trunk features; alarm when std or rank fall below these.
     rankme_samples: int = 512
     alarm_std: float = 0.05  # mean per-dim std of L2-normalized trunk features x sqrt(D)
@@ -97,6 +101,9 @@ class TrainConfig:
             raise ConfigError("batch_size must be at least 2 (the loss standardizes along the batch)")
         if self.repeats < 1 or self.epochs < 1:
             raise ConfigError("epochs and repeats must be at least 1")
+        if self.time_budget < 0 or self.schedule_steps < 0:
+            raise ConfigError(f"time_budget and schedule_steps must be 0 (off) or more, got {self.time_budget} and "
+                              f"{self.schedule_steps}")
         if self.local_crops < 0 or (self.local_crops and self.local_size < 8):
             raise ConfigError(f"local_crops must be 0 or more and local_size at least 8, got {self.local_crops} "
                               f"and {self.local_size}")

@@ -73,8 +73,10 @@ def describe_training(record: dict) -> str:
             f"torchvision {c['architecture']} trunk with a {'-'.join(map(str, c['projector']))} projector "
             f"(dropped at export), λ = {c['lambd']}, global batch {c['batch_size']}, {c['image_size']} px crops, "
             f"{record['epochs_completed']} of {record['epochs']} epochs ({record['steps']} steps) on "
-            f"{record['data']}." + ("" if record["finished"] else
-                                    " The schedule was NOT completed: this is an intermediate model."))
+            f"{record['data']}."
+            + (f" The lr schedule was fitted to a {c['time_budget']:g}-minute budget: {c['schedule_steps']} steps."
+               if c.get("time_budget") and c.get("schedule_steps") else "")
+            + ("" if record["finished"] else " The schedule was NOT completed: this is an intermediate model."))
 
 
 def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: str = "", input_size: int = 0,

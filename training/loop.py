@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .budget import BudgetTimer, agree, fitted_steps, timing_window
 from .checkpoint import load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, TrainConfig
 from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch
@@ -53,6 +54,8 @@ def resume_config(new: TrainConfig | None, saved: dict, run_dir: Path) -> TrainC
     old = TrainConfig.from_dict(saved)
     if new is None:
         return old
+    if not new.schedule_steps:  # a time_budget run decided its length: the same command resumes that schedule
+        new = new.replace(schedule_steps=old.schedule_steps)
     changed = [k for k, v in new.to_dict().items() if k not in RUNTIME_KEYS and old.to_dict()[k] != v]
     if changed:
         k = changed[0]
@@ -151,8 +154,11 @@ class Trainer:
                                                 pin_memory=rt.device.type == "cuda")
         self.loader.worker_init_fn = _ignore_stop_signals
         self.steps_per_epoch = steps_per_epoch(len(self.files), c, rt.world_size)
-        self.total_steps = c.epochs * self.steps_per_epoch
+        self.total_steps = c.schedule_steps or c.epochs * self.steps_per_epoch
         self.warmup_steps = round(c.warmup_epochs * self.steps_per_epoch)
+        # Only a run whose length is still open is timed; a resumed budget run already has its schedule_steps.
+        self.budget = BudgetTimer(*timing_window(self.warmup_steps)) if c.time_budget and not c.schedule_steps \
+            else None
         self.mean = torch.tensor(c.mean, device=rt.device).view(1, 3, 1, 1)
         self.std = torch.tensor(c.std, device=rt.device).view(1, 3, 1, 1)
         self.step, self.bad_files, self.bad_examples, self.elapsed = 0, 0, [], 0.0
@@ -243,7 +249,7 @@ class Trainer:
                           + (f", resuming at step {self.step}" if self.step else ""))
                 if self.step == 0 and self.monitor is not None:  # the random-init baseline the monitor is compared to
                     health.note({"step": 0, "epoch": 0, **self._monitor()})
-        last = self.total_steps if not c.max_steps else min(self.total_steps, c.max_steps)
+        last = self._last_step()
         with _StopFlag() as stop, tqdm(total=last, initial=self.step, disable=not (self.progress and rt.is_main),
                                        unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
             while self.step < last:
@@ -252,8 +258,15 @@ class Trainer:
                 started, ran = time.perf_counter(), False
                 for views, bad in self._agreed_batches():
                     ran = True
+                    if self.budget:
+                        self.budget.observe(self.step)
                     loss, z1, h1 = self.train_step(*views)
                     bar.update(1)
+                    decided = bool(self.budget and self.budget.due(self.step))
+                    if decided:
+                        self._fit_schedule_to_budget(self.elapsed + time.perf_counter() - started)
+                        last = bar.total = self._last_step()
+                        health.total_steps = self.total_steps
                     health.update(loss, self.loss_fn.parts, z1, h1, views[0].shape[0] * rt.world_size, bad)
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     if self.step % c.log_every == 0 or end_of_epoch or self.step == last:
@@ -265,7 +278,8 @@ class Trainer:
                                         rank=f"{self.last_metrics['rankme']:.0f}")
                     signum = stop.agreed(rt.device)
                     periodic = c.checkpoint_every and self.step % c.checkpoint_every == 0
-                    if periodic or end_of_epoch or signum or self.step >= last:
+                    # A decided schedule is saved at once: a resume must not time the run and decide again.
+                    if periodic or end_of_epoch or signum or decided or self.step >= last:
                         self.elapsed += time.perf_counter() - started
                         started = time.perf_counter()
                         self.save(finished=self.step >= self.total_steps)
@@ -277,6 +291,25 @@ class Trainer:
                     raise DataError(f"the loader of {self.data} gave no batch at step {self.step}")
         self._say(f"done: {self.step} steps in {self.elapsed / 60:.1f} min; checkpoint in {self.run_dir}")
         return self.last_metrics
+
+    def _last_step(self) -> int:
+        """Where this process stops: the schedule's end, or max_steps if that comes first."""
+        return self.total_steps if not self.config.max_steps else min(self.total_steps, self.config.max_steps)
+
+    def _fit_schedule_to_budget(self, spent_s: float) -> None:
+        """Fix the lr schedule's length from the timed steps (the same on every rank) and say what was decided."""
+        c, window = self.config, (self.budget.started_step, self.step)
+        seconds_per_step, spent_s = agree([self.budget.seconds_per_step(self.step), spent_s], self.rt.device)
+        full = c.epochs * self.steps_per_epoch
+        steps, warning = fitted_steps(c.time_budget * 60, spent_s, seconds_per_step, self.step, full,
+                                      self.warmup_steps)
+        self.config = c.replace(schedule_steps=steps)
+        self.total_steps, self.budget = steps, None
+        if warning:
+            self._say(f"warning: {warning}")
+        self._say(f"time budget {c.time_budget:g} min: {seconds_per_step:.2f} s per step over steps {window[0]}-"
+                  f"{window[1]}, so the lr schedule is {steps} steps ({steps / self.steps_per_epoch:.2f} of "
+                  f"{c.epochs} epochs)")
 
     def _agreed_batches(self):
         """The loader's batches, each released once every rank has fetched its own; yields (views, bad files).

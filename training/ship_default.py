@@ -105,14 +105,51 @@ def margins(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def stage_from_run(run: Path, staging: Path, tmp: Path, args) -> None:
+    """Export a finished run into staging, in fp16 when its embeddings stay within FP16_TOLERANCE of fp32."""
+    fp32_dir = export_run(run, tmp / "fp32", name=args.name, license=args.license,
+                          input_size=args.input_size, resize_size=args.resize_size)
+    photos = photo_sample()
+    fp32 = Embedder.from_pretrained(fp32_dir, backend="torch").embed(photos)
+    encoder = Encoder.from_pretrained(fp32_dir)
+    encoder.save_pretrained(staging, dtype=torch.float16)
+    half = Embedder.from_pretrained(staging, backend="torch").embed(photos)
+    drift = float(np.abs(half - fp32).max())
+    print(f"fp16 storage: max |Δ| of unit embeddings vs fp32 = {drift:.2e}", file=sys.stderr)
+    if drift > FP16_TOLERANCE:
+        print("fp16 drifts too far; storing fp32", file=sys.stderr)
+        shutil.rmtree(staging)
+        encoder.save_pretrained(staging)
+    config = ModelConfig.load(staging)
+    config.training["weights_storage"] = f"fp16 (max |Δ| vs fp32 embeddings {drift:.1e})" \
+        if drift <= FP16_TOLERANCE else "fp32"
+    config.save(staging)
+
+
+def stage_from_folder(folder: Path, staging: Path) -> None:
+    """Copy an already-shipped model folder into staging: same weights, its card and metrics to be redone."""
+    config = ModelConfig.load(folder)
+    if not config.training.get("weights_storage"):
+        raise SystemExit(f"{folder} was not shipped by training.ship_default (config.json has no "
+                         "training.weights_storage); ship its run instead")
+    shutil.copytree(folder, staging)
+    # Export stopped copying the recipe's prose estimate (it went stale); a re-card drops it from older folders too.
+    config.training.get("config", {}).pop("description", None)
+    config.save(staging)
+
+
 def main(argv=None) -> int:
-    """Export, shrink to fp16 if harmless, write card + config, register as the embedded default."""
+    """Export (or reuse a shipped folder), write dev metrics, card and config, register as the embedded default."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run", type=Path)
+    ap.add_argument("run", type=Path, nargs="?", help="the training run's --out folder")
+    ap.add_argument("--recard", type=Path, metavar="FOLDER",
+                    help="instead of a run: an already-shipped model folder whose weights stay as they are; only "
+                         "its dev-set metrics, card and registry entry are redone from --eval")
     ap.add_argument("--name", default="btembed/default-r18")
     ap.add_argument("--folder", default="default-r18", help="folder under btembed/weights")
     ap.add_argument("--eval", type=Path, required=True, help="JSON written by python -m training.dev_eval --out")
-    ap.add_argument("--data-manifest", type=Path, required=True, help="manifest.json of training.offline_photos")
+    ap.add_argument("--data-manifest", type=Path, help="manifest.json of training.offline_photos (required with "
+                                                       "a run; with --recard the folder's own sources are kept)")
     ap.add_argument("--license", default="other")
     ap.add_argument("--input-size", type=int, default=0, help="inference crop size (default: the recipe's)")
     ap.add_argument("--resize-size", type=int, default=0, help="short side before the crop (default: x 256/224)")
@@ -121,52 +158,33 @@ def main(argv=None) -> int:
                     help="models folder (default: btembed/weights)")
     ap.add_argument("--registry", type=Path, default=REGISTRY_PATH, help="registry.json to update")
     args = ap.parse_args(argv)
+    if (args.run is None) == (args.recard is None):
+        ap.error("give either a training run or --recard FOLDER")
+    if args.run is not None and args.data_manifest is None:
+        ap.error("--data-manifest is required when shipping a run")
+    if args.recard is not None and (args.input_size or args.resize_size):
+        ap.error("--recard keeps the folder's preprocessing; --input-size/--resize-size need a run")
 
+    evaluation = json.loads(args.eval.read_text())
+    target = args.weights_root / args.folder
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_dir = export_run(args.run, Path(tmp) / "fp32", name=args.name, license=args.license,
-                              input_size=args.input_size, resize_size=args.resize_size)
-        photos = photo_sample()
-        fp32 = Embedder.from_pretrained(fp32_dir, backend="torch").embed(photos)
-        config = ModelConfig.load(fp32_dir)
-        evaluation = json.loads(args.eval.read_text())
-        manifest = json.loads(args.data_manifest.read_text())
+        staging = Path(tmp) / "ship"
+        if args.run is not None:
+            stage_from_run(args.run, staging, Path(tmp), args)
+        else:
+            stage_from_folder(args.recard, staging)
+        config = ModelConfig.load(staging)
+        config.name = args.name
+        # Earlier dev-set numbers go: the card shows one evaluation, the one in --eval.
+        config.metrics = {k: v for k, v in config.metrics.items() if not k.startswith("dev/")}
         config.metrics.update(dev_metrics(evaluation["rows"]))
-        config.training["data_sources"] = data_summary(manifest)
+        if args.data_manifest is not None:
+            config.training["data_sources"] = data_summary(json.loads(args.data_manifest.read_text()))
         images = config.training["data_details"]["images"]  # what the run trained on, as export recorded it
         config.training["limits"] = limits(images, config.training["time"], config.preprocess.input_size)
-        target = args.weights_root / args.folder
-        staging = Path(tmp) / "ship"
-        encoder = Encoder.from_pretrained(fp32_dir)
-        encoder.config = config
-        encoder.save_pretrained(staging, dtype=torch.float16)
-        half = Embedder.from_pretrained(staging, backend="torch").embed(photos)
-        drift = float(np.abs(half - fp32).max())
-        print(f"fp16 storage: max |Δ| of unit embeddings vs fp32 = {drift:.2e}", file=sys.stderr)
-        if drift > FP16_TOLERANCE:
-            print("fp16 drifts too far; storing fp32", file=sys.stderr)
-            encoder.save_pretrained(staging)
-        config = ModelConfig.load(staging)
-        config.training["weights_storage"] = f"fp16 (max |Δ| vs fp32 embeddings {drift:.1e})" \
-            if drift <= FP16_TOLERANCE else "fp32"
         config.save(staging)
-        card = render_card(config)
-        dev_table = markdown(evaluation["rows"])
-        seeds = evaluation.get("seeds", [0])
-        spread_note = ", ± the sd over seeds" if len(seeds) > 1 else ""
-        extra = ("\n## Development-set evaluation\n\nTrained model vs the same architecture at random init vs raw "
-                 f"32×32 pixels, same protocol (`btembed probe`, 5-fold stratified, {seeds_note(evaluation)}; "
-                 f"accuracies in %{spread_note}). The dev set "
-                 "is built by `python -m training.devset DEV` from allowed Debian packages and held out of training; "
-                 "the whole table is `python -m training.dev_eval " + args.name + " --dev DEV --seeds "
-                 + " ".join(map(str, seeds)) + "`.\n\n"
-                 + dev_table + "\n\nLead of the trained model, in points:\n\n" + margins(evaluation["rows"])
-                 + "\n\n## Training data\n\n| source | package | version | licence | images |\n"
-                 "|---|---|---|---|---|\n"
-                 + "\n".join(f"| {k} | {v.get('package', '')} | {v.get('version', '')} | {v.get('licence', '')} | "
-                             f"{v.get('count', '')} |" for k, v in config.training["data_sources"].items()) + "\n")
-        card = card.replace("\n## How to use\n", extra + "\n## How to use\n", 1)
-        (staging / "README.md").write_text(card)
-        if target.exists():
+        (staging / "README.md").write_text(card_text(config, evaluation, args.name))
+        if target.exists():  # after staging: --recard may name the target itself
             shutil.rmtree(target)
         shutil.copytree(staging, target)
     # Not uploaded anywhere (yet): an unreleased entry, embedded in the package and made the default.
@@ -174,6 +192,25 @@ def main(argv=None) -> int:
                                            description=description(images)), make_default=True, path=args.registry)
     print(f"shipped {args.name} → {target}, registered as the default in {args.registry}", file=sys.stderr)
     return 0
+
+
+def card_text(config: ModelConfig, evaluation: dict, name: str) -> str:
+    """The model card: btembed's generic card plus the dev-set table, the leads and the training data."""
+    seeds = evaluation.get("seeds", [0])
+    spread_note = ", ± the sd over seeds" if len(seeds) > 1 else ""
+    extra = ("\n## Development-set evaluation\n\nTrained model vs the same architecture at random init vs raw "
+             f"32×32 pixels, same protocol (`btembed probe`, 5-fold stratified, {seeds_note(evaluation)}; "
+             f"accuracies in %{spread_note}). The dev set "
+             "is built by `python -m training.devset DEV` from allowed Debian packages and held out of training; "
+             "the whole table is `python -m training.dev_eval " + name + " --dev DEV --seeds "
+             + " ".join(map(str, seeds)) + "`.\n\n"
+             + markdown(evaluation["rows"]) + "\n\nLead of the trained model, in points:\n\n"
+             + margins(evaluation["rows"])
+             + "\n\n## Training data\n\n| source | package | version | licence | images |\n"
+             "|---|---|---|---|---|\n"
+             + "\n".join(f"| {k} | {v.get('package', '')} | {v.get('version', '')} | {v.get('licence', '')} | "
+                         f"{v.get('count', '')} |" for k, v in config.training["data_sources"].items()) + "\n")
+    return render_card(config).replace("\n## How to use\n", extra + "\n## How to use\n", 1)
 
 
 if __name__ == "__main__":
