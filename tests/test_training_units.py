@@ -270,6 +270,8 @@ def test_time_budget_schedule_length():
     # A budget that ends inside the warm-up: finish it, one cosine step, and warn.
     steps, warning = fitted_steps(30, 29, 0.5, step=50, full_steps=2685, warmup_steps=358)
     assert steps == 359 and "ends inside the lr warm-up" in warning
+    # A recipe whose warm-up outlasts its epochs keeps the epochs' length when the budget allows it.
+    assert fitted_steps(10 ** 6, 0, 0.5, step=5, full_steps=10, warmup_steps=12) == (10, "")
     # The timed window sits inside the warm-up, after its first fifth.
     assert timing_window(358) == (10, 50) and timing_window(12) == (2, 12)
     with pytest.raises(ConfigError, match="warm-up of at least 2 steps"):

@@ -33,7 +33,7 @@ def fitted_steps(budget_s: float, spent_s: float, seconds_per_step: float, step:
     """(schedule length, warning or '') for the steps the rest of the budget pays for, capped at full_steps."""
     affordable = math.floor(max(0.0, budget_s - spent_s) * (1 - SAFETY) / seconds_per_step)
     steps = min(full_steps, step + affordable)
-    if steps > warmup_steps:
+    if steps > warmup_steps or steps == full_steps:  # (a recipe whose warm-up outlasts its epochs keeps its length)
         return steps, ""
     # A schedule that ends inside the warm-up would never anneal: finish the warm-up, one cosine step, and say so.
     return warmup_steps + 1, (f"the time budget ends inside the lr warm-up ({warmup_steps} steps at "
