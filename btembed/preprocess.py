@@ -19,6 +19,7 @@ _RESAMPLE = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+INTERPOLATIONS = tuple(_RESAMPLE)  # the resize filters a model's config.json may name
 
 
 @dataclass

@@ -99,12 +99,14 @@ def test_export_loads_in_embedder(reference_run, tiny_data, tmp_path):
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["name"] == "test/tiny" and config["preprocess"]["input_size"] == 32
     # Another inference resolution: same weights, the crop size asked for and a 256/224 resize unless given.
-    cases = ((["--input-size", "48"], 48, 55), (["--input-size", "48", "--resize-size", "64"], 48, 64))
-    for extra, crop, resize in cases:
+    assert config["preprocess"]["interpolation"] == "bilinear"  # the recipe's export_interpolation default
+    cases = ((["--input-size", "48"], 48, 55, "bilinear"),
+             (["--input-size", "48", "--resize-size", "64", "--interpolation", "bicubic"], 48, 64, "bicubic"))
+    for extra, crop, resize, interpolation in cases:
         folder = tmp_path / f"model-{resize}"
         assert run(["export", str(out), "--out", str(folder), *extra]).returncode == 0
         pre = json.loads((folder / "config.json").read_text())["preprocess"]
-        assert (pre["input_size"], pre["resize_size"]) == (crop, resize)
+        assert (pre["input_size"], pre["resize_size"], pre["interpolation"]) == (crop, resize, interpolation)
         assert (folder / "model.safetensors").read_bytes() == (tmp_path / "model" / "model.safetensors").read_bytes()
     assert config["training"]["recipe"] == "cpu-tiny" and config["training"]["epochs"] == 4
     assert config["training"]["steps"] == 12 and config["training"]["finished"]

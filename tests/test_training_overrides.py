@@ -33,6 +33,7 @@ def test_list_overrides_parse(override, key, want):
     ("crop_scale=0.2,1.0,3", "config key crop_scale needs 2 values"),
     ("mean=[0.5]", "config key mean needs 3 values"),
     ("epochs=true", "config key epochs must be a int"),
+    ("export_interpolation=cubic", "export_interpolation must be one of nearest, bilinear, bicubic"),
 ])
 def test_bad_list_overrides_are_one_clear_line(override, message, tmp_path, capsys):
     with pytest.raises(ConfigError, match=message):

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from btembed.errors import BtembedError
+from btembed.preprocess import INTERPOLATIONS
 
 
 def _fit(args) -> int:
@@ -39,7 +40,7 @@ def _export(args) -> int:
     from .export import describe, export_run
 
     folder = export_run(args.run, args.out, name=args.name, license=args.license, input_size=args.input_size,
-                        resize_size=args.resize_size)
+                        resize_size=args.resize_size, interpolation=args.interpolation)
     print(f"exported {describe(folder)}", file=sys.stderr)
     return 0
 
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input-size", type=int, default=0, help="inference crop size (default: the recipe's)")
     e.add_argument("--resize-size", type=int, default=0,
                    help="short side before the centre crop (default: the recipe's, or input size x 256/224)")
+    e.add_argument("--interpolation", default="", choices=INTERPOLATIONS,
+                   help="resize filter of inference preprocessing (default: the recipe's export_interpolation)")
     e.set_defaults(func=_export)
 
     le = sub.add_parser("linear-eval", help="paper protocol linear evaluation of a frozen trunk")

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from btembed.errors import BtembedError
+from btembed.preprocess import INTERPOLATIONS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -87,6 +88,9 @@ class TrainConfig:
     # What the exported model folder's preprocessing says (0: image_size and image_size x 256/224).
     export_input_size: int = 0
     export_resize_size: int = 0
+    # Training crops are resized bicubic, yet bilinear inference embeds better: the default model at 144 px,
+    # 3 probe seeds, sum of its six dev-set leads over random init 72.2 bilinear vs 69.9 bicubic (session 10).
+    export_interpolation: str = "bilinear"
 
     def __post_init__(self):
         for f in fields(self):
@@ -95,6 +99,9 @@ class TrainConfig:
             raise ConfigError(f"amp must be auto, bf16, fp16 or none, not {self.amp!r}")
         if self.interpolation not in ("bilinear", "bicubic"):
             raise ConfigError(f"interpolation must be bilinear or bicubic, not {self.interpolation!r}")
+        if self.export_interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"export_interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                              f"not {self.export_interpolation!r}")
         if len(self.projector) < 1 or any(d < 1 for d in self.projector):
             raise ConfigError(f"projector must list one or more layer widths, got {self.projector!r}")
         if self.batch_size < 2:

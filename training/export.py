@@ -80,11 +80,11 @@ def describe_training(record: dict) -> str:
 
 
 def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: str = "", input_size: int = 0,
-               resize_size: int = 0) -> Path:
+               resize_size: int = 0, interpolation: str = "") -> Path:
     """Write the run's trunk as a model folder that btembed.Embedder.from_pretrained loads.
 
-    input_size/resize_size override the recipe's inference preprocessing (a CNN trained on random-resized crops
-    often embeds best somewhat above its training resolution; measure it on a dev set).
+    input_size/resize_size/interpolation override the recipe's export_* preprocessing (a CNN trained on
+    random-resized crops often embeds best somewhat above its training resolution; measure it on a dev set).
     """
     ck = load_checkpoint(run_dir)
     if ck is None:
@@ -100,7 +100,8 @@ def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: st
     record = training_record(ck, config)
     model_config = ModelConfig(
         architecture=config.architecture,
-        preprocess=PreprocessConfig(input_size=input_size, resize_size=resize, interpolation="bilinear",
+        preprocess=PreprocessConfig(input_size=input_size, resize_size=resize,
+                                    interpolation=interpolation or config.export_interpolation,
                                     mean=config.mean, std=config.std),
         name=name or Path(out).name, license=license,
         source={"kind": "btembed-training", "origin": "trained with btembed's training package",

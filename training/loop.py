@@ -25,7 +25,7 @@ from .model import BarlowTwins
 # Keys that may change when a run is resumed; everything else must match the checkpoint's config.
 RUNTIME_KEYS = {"num_workers", "decode_cache", "log_every", "checkpoint_every", "max_steps", "compile", "monitor_data",
                 "monitor_every", "monitor_k", "description", "export_input_size", "export_resize_size",
-                "alarm_std", "alarm_rank", "rankme_samples"}
+                "export_interpolation", "alarm_std", "alarm_rank", "rankme_samples"}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 

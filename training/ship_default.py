@@ -21,6 +21,7 @@ from btembed import Embedder, Encoder
 from btembed.card import render_card
 from btembed.config import ModelConfig
 from btembed.hub import embedded_dir
+from btembed.preprocess import INTERPOLATIONS
 
 from hub.registry_tools import REGISTRY_PATH, entry_from_folder, set_entry
 
@@ -108,7 +109,8 @@ def margins(rows: list[dict]) -> str:
 def stage_from_run(run: Path, staging: Path, tmp: Path, args) -> None:
     """Export a finished run into staging, in fp16 when its embeddings stay within FP16_TOLERANCE of fp32."""
     fp32_dir = export_run(run, tmp / "fp32", name=args.name, license=args.license,
-                          input_size=args.input_size, resize_size=args.resize_size)
+                          input_size=args.input_size, resize_size=args.resize_size,
+                          interpolation=args.interpolation)
     photos = photo_sample()
     fp32 = Embedder.from_pretrained(fp32_dir, backend="torch").embed(photos)
     encoder = Encoder.from_pretrained(fp32_dir)
@@ -153,6 +155,8 @@ def main(argv=None) -> int:
     ap.add_argument("--license", default="other")
     ap.add_argument("--input-size", type=int, default=0, help="inference crop size (default: the recipe's)")
     ap.add_argument("--resize-size", type=int, default=0, help="short side before the crop (default: x 256/224)")
+    ap.add_argument("--interpolation", default="", choices=INTERPOLATIONS,
+                    help="resize filter of inference preprocessing (default: the recipe's)")
     # Both default to this checkout's package; other values ship into a copy (tests, a release branch's tree).
     ap.add_argument("--weights-root", type=Path, default=embedded_dir(),
                     help="models folder (default: btembed/weights)")
@@ -162,8 +166,8 @@ def main(argv=None) -> int:
         ap.error("give either a training run or --recard FOLDER")
     if args.run is not None and args.data_manifest is None:
         ap.error("--data-manifest is required when shipping a run")
-    if args.recard is not None and (args.input_size or args.resize_size):
-        ap.error("--recard keeps the folder's preprocessing; --input-size/--resize-size need a run")
+    if args.recard is not None and (args.input_size or args.resize_size or args.interpolation):
+        ap.error("--recard keeps the folder's preprocessing; --input-size/--resize-size/--interpolation need a run")
 
     evaluation = json.loads(args.eval.read_text())
     target = args.weights_root / args.folder
