@@ -205,6 +205,31 @@ def test_time_budget_fits_the_lr_schedule_and_resumes_it(tiny_data, tmp_path):
     assert "fitted to a 0.0001-minute budget: 13 steps" in source
 
 
+def test_init_from_starts_at_another_runs_weights(reference_run, tiny_data, tmp_path):
+    """lr 0 keeps the loaded weights, so they must equal the reference run's; the export says where they came from."""
+    ref = reference_run[0]
+    out = tmp_path / "continued"
+    proc = run(["fit", *TINY, "epochs=1", "lr_weights=0", "lr_biases=0", f"init_from={ref}",
+                "--data", str(tiny_data[0]), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"starting from the weights of {ref.resolve()} (step 12)" in proc.stderr
+    theirs = torch.load(ref / "checkpoint.pt", weights_only=True)["model"]
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    weights = [k for k in theirs if k.endswith(".weight")]
+    assert weights and all(torch.equal(ck["model"][k], theirs[k]) for k in weights)
+    assert ck["init"]["from"] == str(ref.resolve()) and ck["init"]["step"] == 12
+    model = tmp_path / "model"
+    assert run(["export", str(out), "--out", str(model)]).returncode == 0
+    source = json.loads((model / "config.json").read_text())["source"]["description"]
+    assert f"started from the weights of an earlier run ({ref.resolve()}, step 12" in source
+    # A different projector cannot take those weights: refused before any step, naming the key.
+    bad = run(["fit", *TINY, "projector=[32,32]", f"init_from={ref}", "--data", str(tiny_data[0]),
+               "--out", str(tmp_path / "bad")])
+    assert bad.returncode != 0 and "projector=[64, 64]" in bad.stderr, bad.stderr[-2000:]
+    missing = run(["fit", *TINY, f"init_from={tmp_path}", "--data", str(tiny_data[0]), "--out", str(tmp_path / "m")])
+    assert missing.returncode != 0 and "no checkpoint.pt there" in missing.stderr, missing.stderr[-2000:]
+
+
 def test_linear_eval_paper_protocol_at_tiny_size(reference_run, tiny_data, tmp_path):
     from training.linear_eval import LinearEvalConfig, linear_eval
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import ConfigError
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -76,3 +78,20 @@ def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def init_weights(model: torch.nn.Module, config) -> dict:
+    """Load the trunk and projector of the run named by config.init_from into model; returns where they came from."""
+    source = Path(config.init_from)
+    ck = load_checkpoint(source.parent if source.name == CHECKPOINT else source)
+    if ck is None:
+        raise ConfigError(f"init_from={config.init_from}: no {CHECKPOINT} there (give a run folder of "
+                          "`python -m training fit`)")
+    theirs = ck["config"]
+    for key in ("architecture", "projector"):
+        if theirs[key] != config.to_dict()[key]:
+            raise ConfigError(f"init_from={config.init_from} was trained with {key}={theirs[key]!r}, this run has "
+                              f"{key}={config.to_dict()[key]!r}; the weights cannot be loaded")
+    model.load_state_dict(ck["model"])
+    return {"from": str(source.resolve()), "step": ck["step"], "total_steps": ck["total_steps"],
+            "recipe": theirs["recipe"], "seed": theirs["seed"], "data": ck["data"]["path"]}

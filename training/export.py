@@ -39,6 +39,7 @@ def training_record(ck: dict, config: TrainConfig) -> dict:
         "epochs_completed": round(ck["step"] / ck["steps_per_epoch"], 3),
         "steps": ck["step"],
         "finished": ck["finished"],
+        "init": ck.get("init") or "random",
         "data_details": data,
         # The recipe's prose description estimates a typical run; this run's own figures are the fields above.
         "config": {k: v for k, v in config.to_dict().items() if k != "description"},
@@ -76,6 +77,9 @@ def describe_training(record: dict) -> str:
             f"{record['data']}."
             + (f" The lr schedule was fitted to a {c['time_budget']:g}-minute budget: {c['schedule_steps']} steps."
                if c.get("time_budget") and c.get("schedule_steps") else "")
+            + (f" Training started from the weights of an earlier run ({init['from']}, step {init['step']}, recipe "
+               f"`{init['recipe']}`, seed {init['seed']}), not from random init."
+               if isinstance(init := record.get("init"), dict) else "")
             + ("" if record["finished"] else " The schedule was NOT completed: this is an intermediate model."))
 
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .budget import BudgetTimer, agree, fitted_steps, timing_window
-from .checkpoint import load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import init_weights, load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, TrainConfig
 from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch
 from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, stop_together, teardown
@@ -163,6 +163,7 @@ class Trainer:
         self.std = torch.tensor(c.std, device=rt.device).view(1, 3, 1, 1)
         self.step, self.bad_files, self.bad_examples, self.elapsed = 0, 0, [], 0.0
         self.last_metrics: dict = {}
+        self.init: dict = {}  # where the starting weights came from, when not random init (init_from)
         self.monitor = None
         with stop_together("building the kNN monitor", rt.device):
             if c.monitor_data and rt.is_main:
@@ -171,6 +172,8 @@ class Trainer:
                 self.monitor = KnnMonitor(c.monitor_data, c)
         if self.checkpoint:
             self._restore(self.checkpoint)
+        elif c.init_from:
+            self.init = init_weights(self.model, c)
 
     def _restore(self, ck: dict):
         self.model.load_state_dict(ck["model"])
@@ -184,6 +187,7 @@ class Trainer:
         self.bad_files, self.bad_examples = ck["data"]["bad_files"], list(ck["data"]["bad_examples"])
         self.elapsed = ck["elapsed_s"]
         self.last_metrics = dict(ck.get("metrics", {}))
+        self.init = dict(ck.get("init", {}))
         states = ck["rng"]
         set_rng_state(states[self.rt.rank % len(states)])
 
@@ -200,7 +204,7 @@ class Trainer:
                         "seed": self.config.seed},
             "rng": rng, "world_size": self.rt.world_size, "device": self.rt.device.type, "finished": finished,
             "elapsed_s": self.elapsed,
-            "metrics": self.last_metrics,
+            "metrics": self.last_metrics, "init": self.init,
             "data": {"path": str(self.data.resolve()), "images": len(self.files), "repeats": self.config.repeats,
                      "bad_files": self.bad_files, "bad_examples": self.bad_examples[:20]},
         }
@@ -246,7 +250,9 @@ class Trainer:
                 health.truncate(self.step)
                 self._say(f"training {c.architecture} on {len(self.files)} images ({c.recipe}), {rt.world_size} "
                           f"process(es) on {rt.device.type}, {self.total_steps} steps of global batch {c.batch_size}"
-                          + (f", resuming at step {self.step}" if self.step else ""))
+                          + (f", resuming at step {self.step}" if self.step else "")
+                          + (f"; starting from the weights of {self.init['from']} (step {self.init['step']})"
+                             if self.init and not self.step else ""))
                 if self.step == 0 and self.monitor is not None:  # the random-init baseline the monitor is compared to
                     health.note({"step": 0, "epoch": 0, **self._monitor()})
         last = self._last_step()
