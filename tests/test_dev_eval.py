@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -45,3 +46,25 @@ def test_a_failing_probe_stops_the_evaluation_and_keeps_finished_rows(tmp_path):
     assert [(r["task"], r["features"], r["seeds"]) for r in rows] == [("good", "raw32", [0, 1])]
     assert "zz_never" not in proc.stderr
 
+
+
+def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsys):
+    """Two probes at once: when one fails, the other (which would run for 10 minutes) is terminated."""
+    from training import dev_eval as module
+
+    dev = tmp_path / "dev"
+    for task in ("slow", "broken"):
+        make_task(dev / task, classes=2)
+    # A stand-in for `python -m btembed probe ...`: the slow task's probe sleeps, the other fails at once.
+    fake = tmp_path / "fake-python"
+    fake.write_text('#!/bin/sh\ncase "$*" in\n  */slow\\ *) exec sleep 600 ;;\n'
+                    '  *) echo "error: the broken probe" >&2; exit 2 ;;\nesac\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(module.sys, "executable", str(fake))
+    started = time.monotonic()
+    code = module.main(["some/model", "--dev", str(dev), "--tasks", "slow", "broken", "--features", "raw32",
+                        "--jobs", "2", "--out", str(tmp_path / "dev.json")])
+    assert code == 1 and time.monotonic() - started < 60
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: btembed probe ") and "broken" in last and "the broken probe" in last
+    assert not (tmp_path / "dev.json").exists()  # no row was finished
