@@ -13,7 +13,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .budget import BudgetTimer, agree, fitted_steps, timing_window
-from .checkpoint import init_weights, load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (init_weights, load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import ConfigError, TrainConfig
 from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch
 from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, stop_together, teardown
