@@ -87,11 +87,11 @@ def init_weights(model: torch.nn.Module, config) -> dict:
     if ck is None:
         raise ConfigError(f"init_from={config.init_from}: no {CHECKPOINT} there (give a run folder of "
                           "`python -m training fit`)")
-    theirs = ck["config"]
+    theirs, mine = ck["config"], config.to_dict()
     for key in ("architecture", "projector"):
-        if theirs[key] != config.to_dict()[key]:
+        if theirs[key] != mine[key]:
             raise ConfigError(f"init_from={config.init_from} was trained with {key}={theirs[key]!r}, this run has "
-                              f"{key}={config.to_dict()[key]!r}; the weights cannot be loaded")
+                              f"{key}={mine[key]!r}; the weights cannot be loaded")
     model.load_state_dict(ck["model"])
     return {"from": str(source.resolve()), "step": ck["step"], "total_steps": ck["total_steps"],
             "recipe": theirs["recipe"], "seed": theirs["seed"], "data": ck["data"]["path"]}

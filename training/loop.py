@@ -139,6 +139,8 @@ class Trainer:
         if c.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
+        # A bad init_from fails here, before the loader, RAM cache and monitor are built.
+        self.init: dict = init_weights(model, c) if c.init_from and not self.checkpoint else {}
         net = model
         if rt.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -164,7 +166,6 @@ class Trainer:
         self.std = torch.tensor(c.std, device=rt.device).view(1, 3, 1, 1)
         self.step, self.bad_files, self.bad_examples, self.elapsed = 0, 0, [], 0.0
         self.last_metrics: dict = {}
-        self.init: dict = {}  # where the starting weights came from, when not random init (init_from)
         self.monitor = None
         with stop_together("building the kNN monitor", rt.device):
             if c.monitor_data and rt.is_main:
@@ -173,8 +174,6 @@ class Trainer:
                 self.monitor = KnnMonitor(c.monitor_data, c)
         if self.checkpoint:
             self._restore(self.checkpoint)
-        elif c.init_from:
-            self.init = init_weights(self.model, c)
 
     def _restore(self, ck: dict):
         self.model.load_state_dict(ck["model"])
