@@ -6,6 +6,7 @@ import time
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,8 +49,10 @@ def test_a_failing_probe_stops_the_evaluation_and_keeps_finished_rows(tmp_path):
 
 
 
-def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsys):
-    """Two probes at once: when one fails, the other (which would run for 10 minutes) is terminated."""
+@pytest.mark.parametrize("slow_launch_delay", [0.0, 2.0])
+def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsys, slow_launch_delay):
+    """Two probes at once: when one fails, the other (which would run for 10 minutes) is terminated, or never
+    started when its thread reaches the launch only after the failure (the race CI hit on a slow machine)."""
     from training import dev_eval as module
 
     dev = tmp_path / "dev"
@@ -61,6 +64,17 @@ def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsy
                     '  *) echo "error: the broken probe" >&2; exit 2 ;;\nesac\n')
     fake.chmod(0o755)
     monkeypatch.setattr(module.sys, "executable", str(fake))
+    launched = []
+    start = module.RunningProbes.start
+
+    def start_late(self, argv, env):
+        if "slow" in Path(argv[4]).name:
+            time.sleep(slow_launch_delay)
+        proc = start(self, argv, env)
+        launched.append(Path(argv[4]).name)
+        return proc
+
+    monkeypatch.setattr(module.RunningProbes, "start", start_late)
     started = time.monotonic()
     code = module.main(["some/model", "--dev", str(dev), "--tasks", "slow", "broken", "--features", "raw32",
                         "--jobs", "2", "--out", str(tmp_path / "dev.json")])
@@ -68,3 +82,5 @@ def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsy
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: btembed probe ") and "broken" in last and "the broken probe" in last
     assert not (tmp_path / "dev.json").exists()  # no row was finished
+    if slow_launch_delay:
+        assert launched == ["broken"]

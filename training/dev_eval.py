@@ -28,11 +28,49 @@ class ProbeFailed(Exception):
     """A `btembed probe` command that exited with an error."""
 
 
+class ProbeStopped(Exception):
+    """A probe that was not started (or was terminated) because another probe failed."""
+
+
+class RunningProbes:
+    """The probe processes in flight; after stop() none starts and those running are terminated.
+
+    Starting and stopping share one lock: a probe whose thread was about to launch when another failed would
+    otherwise start after the terminate sweep and run to its end.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._procs: set = set()
+        self._stopped = False
+
+    def start(self, argv: list[str], env: dict | None) -> subprocess.Popen:
+        """Launch one probe process, unless stop() was called."""
+        with self._lock:
+            if self._stopped:
+                raise ProbeStopped
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            self._procs.add(proc)
+            return proc
+
+    def finished(self, proc: subprocess.Popen) -> None:
+        """Forget a process that has exited."""
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop(self) -> None:
+        """Refuse new probes and terminate those in flight."""
+        with self._lock:
+            self._stopped = True
+            for proc in self._procs:
+                proc.terminate()
+
+
 def probe(task_dir: Path, model: str, features: str, folds: int, seed: int = 0, name: str = "",
-          threads: int = 0, running: set | None = None) -> tuple[dict, list[str]]:
+          threads: int = 0, running: RunningProbes | None = None) -> tuple[dict, list[str]]:
     """Run `btembed probe --json` once; returns its JSON and the command line (with `name` for the model if set).
 
-    The process is in `running` while it runs, so a caller can stop it when another probe has failed.
+    Launched through `running`, so a caller can stop it when another probe has failed.
     """
     args = ["probe", str(task_dir), "--model", model, "--features", features,
             "--folds", str(folds), "--seed", str(seed), "--no-catalog", "--json"]
@@ -40,15 +78,12 @@ def probe(task_dir: Path, model: str, features: str, folds: int, seed: int = 0, 
     cmd = ["btembed", *args]
     if name:
         cmd[cmd.index("--model") + 1] = name
-    proc = subprocess.Popen([sys.executable, "-m", "btembed", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    if running is not None:
-        running.add(proc)
+    running = running or RunningProbes()
+    proc = running.start([sys.executable, "-m", "btembed", *args], env)
     try:
         stdout, stderr = proc.communicate()
     finally:
-        if running is not None:
-            running.discard(proc)
+        running.finished(proc)
     if proc.returncode != 0:
         # btembed ends with its one-line error (a traceback with the exception): that line says why.
         why = (stderr.strip().splitlines() or ["no message"])[-1][-500:]
@@ -129,17 +164,17 @@ def main(argv=None) -> int:
     runs: dict[tuple[str, str], dict[int, tuple]] = {cell: {} for cell in cells}
     seconds = {cell: 0.0 for cell in cells}  # probe time summed over seeds (not wall time: probes overlap)
     saving = threading.Lock()  # one writer at a time: write_results goes through a single temporary file
-    running: set = set()  # probe processes in flight, stopped when another probe fails
-    stopping = threading.Event()
+    running = RunningProbes()  # probe processes in flight, stopped when another probe fails
 
     def measure(job: tuple[str, str, int]) -> None:
         """One probe; when it is the last seed of its (task, features) cell, the row is built and saved."""
         task, features, seed = job
         cell = (task, features)
-        if stopping.is_set():  # a job that was already picked up when another probe failed
-            return
         start = time.monotonic()
-        result = probe(args.dev / task, args.model, features, args.folds, seed, args.name, threads, running)
+        try:
+            result = probe(args.dev / task, args.model, features, args.folds, seed, args.name, threads, running)
+        except ProbeStopped:  # a job that was already picked up when another probe failed
+            return
         with saving:
             runs[cell][seed] = result
             seconds[cell] += time.monotonic() - start
@@ -165,10 +200,8 @@ def main(argv=None) -> int:
         if failed is not None:
             # A failed probe fails the evaluation: queued probes never start, those in flight are stopped, and
             # the rows finished so far stay in --out.
-            stopping.set()
+            running.stop()
             pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(running):
-                proc.terminate()
     if failed is not None:
         if not isinstance(failed, ProbeFailed):
             raise failed
