@@ -3,6 +3,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,7 +213,7 @@ def test_init_from_starts_at_another_runs_weights(reference_run, tiny_data, tmp_
     proc = run(["fit", *TINY, "epochs=1", "lr_weights=0", "lr_biases=0", f"init_from={ref}",
                 "--data", str(tiny_data[0]), "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"starting from the weights of {ref.resolve()} (step 12)" in proc.stderr
+    assert f"starting from the weights of an earlier run ({ref.resolve()}, step 12" in proc.stderr
     theirs = torch.load(ref / "checkpoint.pt", weights_only=True)["model"]
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     weights = [k for k in theirs if k.endswith(".weight")]
@@ -227,7 +228,49 @@ def test_init_from_starts_at_another_runs_weights(reference_run, tiny_data, tmp_
                "--out", str(tmp_path / "bad")])
     assert bad.returncode != 0 and "projector=[64, 64]" in bad.stderr, bad.stderr[-2000:]
     missing = run(["fit", *TINY, f"init_from={tmp_path}", "--data", str(tiny_data[0]), "--out", str(tmp_path / "m")])
-    assert missing.returncode != 0 and "no checkpoint.pt there" in missing.stderr, missing.stderr[-2000:]
+    assert missing.returncode != 0 and "not a training run (no checkpoint.pt)" in missing.stderr, missing.stderr[-2000:]
+
+
+def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_path):
+    """An exported model has no projector: its trunk is loaded (any projector width), the projector starts fresh."""
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model"
+    assert run(["export", str(reference_run[0]), "--out", str(model)]).returncode == 0
+    out = tmp_path / "from-model"
+    proc = run(["fit", *TINY, "epochs=1", "lr_weights=0", "lr_biases=0", "projector=[32,32]", f"init_from={model}",
+                "--data", str(tiny_data[0]), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"starting from the trunk of the model {model} (weights sha256 " in proc.stderr
+    trunk = load_file(str(model / "model.safetensors"))
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    weights = [k for k in trunk if k.endswith(".weight")]
+    assert weights and all(torch.equal(ck["model"][f"trunk.trunk.{k}"], trunk[k]) for k in weights)
+    assert ck["init"]["kind"] == "model" and ck["init"]["name"] == "model"
+    exported = tmp_path / "exported"
+    assert run(["export", str(out), "--out", str(exported)]).returncode == 0
+    source = json.loads((exported / "config.json").read_text())["source"]["description"]
+    assert f"started from the trunk of the model {model}" in source and "projector from random init" in source
+
+    # Another architecture is refused (the fit command turns ConfigError into its one-line error before any step);
+    # so are weights that fail their sha256.
+    from training.checkpoint import init_weights
+    from training.config import ConfigError, apply_overrides, load_recipe
+    from training.model import BarlowTwins
+
+    other = tmp_path / "other"
+    shutil.copytree(model, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "architecture": "resnet34"}))
+    recipe = apply_overrides(load_recipe("cpu-tiny"), [f"init_from={other}"])
+    with pytest.raises(ConfigError, match="is a resnet34, this run has architecture='resnet18'"):
+        init_weights(BarlowTwins(recipe), recipe)
+    (other / "config.json").write_text(json.dumps(config))
+    with open(other / "model.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\0\0\0\1")
+    with pytest.raises(ConfigError, match="not a usable model .*sha256"):
+        init_weights(BarlowTwins(recipe), recipe)
 
 
 def test_linear_eval_paper_protocol_at_tiny_size(reference_run, tiny_data, tmp_path):

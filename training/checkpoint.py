@@ -81,17 +81,58 @@ def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
 
 
 def init_weights(model: torch.nn.Module, config) -> dict:
-    """Load the trunk and projector of the run named by config.init_from into model; returns where they came from."""
+    """Load the weights config.init_from names into model; returns where they came from.
+
+    A training run folder gives trunk and projector; a model folder, registry name or hub repo gives the trunk
+    only (exports drop the projector), and the projector keeps its random init.
+    """
     source = Path(config.init_from)
-    ck = load_checkpoint(source.parent if source.name == CHECKPOINT else source)
-    if ck is None:
-        raise ConfigError(f"init_from={config.init_from}: no {CHECKPOINT} there (give a run folder of "
-                          "`python -m training fit`)")
+    run = source.parent if source.name == CHECKPOINT else source
+    if (run / CHECKPOINT).is_file():
+        return _init_from_run(model, config, run)
+    return _init_from_model(model, config)
+
+
+def _init_from_run(model: torch.nn.Module, config, run: Path) -> dict:
+    """Trunk and projector from another run's checkpoint."""
+    ck = load_checkpoint(run)
     theirs, mine = ck["config"], config.to_dict()
     for key in ("architecture", "projector"):
         if theirs[key] != mine[key]:
             raise ConfigError(f"init_from={config.init_from} was trained with {key}={theirs[key]!r}, this run has "
                               f"{key}={mine[key]!r}; the weights cannot be loaded")
     model.load_state_dict(ck["model"])
-    return {"from": str(source.resolve()), "step": ck["step"], "total_steps": ck["total_steps"],
+    return {"kind": "run", "from": str(run.resolve()), "step": ck["step"], "total_steps": ck["total_steps"],
             "recipe": theirs["recipe"], "seed": theirs["seed"], "data": ck["data"]["path"]}
+
+
+def _init_from_model(model: torch.nn.Module, config) -> dict:
+    """The trunk of a model folder, registry name or hub repo (sha256-verified safetensors); projector stays fresh."""
+    from btembed.config import ModelConfig
+    from btembed.errors import BtembedError
+    from btembed.hub import load_state_dict, resolve_model
+
+    try:
+        folder = resolve_model(config.init_from)
+        theirs = ModelConfig.load(folder)
+        if theirs.architecture != config.architecture:
+            raise ConfigError(f"init_from={config.init_from} is a {theirs.architecture}, this run has "
+                              f"architecture={config.architecture!r}; the weights cannot be loaded")
+        state = load_state_dict(folder, theirs)
+    except BtembedError as e:
+        raise ConfigError(f"init_from={config.init_from}: not a training run (no {CHECKPOINT}) and not a usable "
+                          f"model ({e})") from None
+    model.trunk.trunk.load_state_dict(state)
+    local = Path(config.init_from).expanduser()
+    return {"kind": "model", "from": str(local.resolve()) if local.is_dir() else config.init_from,
+            "folder": str(Path(folder).resolve()),
+            "name": theirs.name, "weights_sha256": theirs.files.get("model.safetensors", "")}
+
+
+def describe_init(init: dict) -> str:
+    """Where a run's starting weights came from, in words (for the log and the model card)."""
+    if init.get("kind") == "model":
+        return (f"the trunk of the model {init['from']} (weights sha256 {init['weights_sha256'][:12] or 'unknown'}; "
+                "the projector from random init)")
+    return (f"the weights of an earlier run ({init['from']}, step {init['step']}, recipe `{init['recipe']}`, "
+            f"seed {init['seed']})")

@@ -76,8 +76,8 @@ class TrainConfig:
     # A wall-clock budget in minutes (0: none). The first warm-up steps are timed and the lr schedule is fitted to
     # what the rest of the budget allows at that speed (never longer than `epochs`); the result is schedule_steps.
     time_budget: float = 0.0
-    # Start from the model weights (trunk and projector) of another run's checkpoint, given as its run folder;
-    # the optimizer, lr schedule and RNG start fresh. Empty: random init, as in the paper.
+    # Start from other weights: a run folder gives trunk and projector, a model folder / registry name / hub repo
+    # the trunk only (fresh projector); the optimizer, lr schedule and RNG start fresh. Empty: random init (paper).
     init_from: str = ""
     schedule_steps: int = 0  # length of the lr schedule in steps (0: epochs x steps per epoch)
     # Health: RankMe over the last rankme_samples trunk features; alarm when std or rank fall below these.

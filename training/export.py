@@ -8,7 +8,7 @@ from btembed import Encoder
 from btembed.config import ModelConfig
 from btembed.preprocess import PreprocessConfig
 
-from .checkpoint import CHECKPOINT, load_checkpoint
+from .checkpoint import CHECKPOINT, describe_init, load_checkpoint
 from .config import ConfigError, TrainConfig
 
 TRUNK_PREFIX = "trunk.trunk."  # BarlowTwins.trunk (Encoder) → Encoder.trunk (torchvision ResNet)
@@ -77,8 +77,7 @@ def describe_training(record: dict) -> str:
             f"{record['data']}."
             + (f" The lr schedule was fitted to a {c['time_budget']:g}-minute budget: {c['schedule_steps']} steps."
                if c.get("time_budget") and c.get("schedule_steps") else "")
-            + (f" Training started from the weights of an earlier run ({init['from']}, step {init['step']}, recipe "
-               f"`{init['recipe']}`, seed {init['seed']}), not from random init."
+            + (f" Training started from {describe_init(init)}, not from random init."
                if isinstance(init := record.get("init"), dict) else "")
             + ("" if record["finished"] else " The schedule was NOT completed: this is an intermediate model."))
 

@@ -13,8 +13,8 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .budget import BudgetTimer, agree, fitted_steps, timing_window
-from .checkpoint import (init_weights, load_checkpoint, remove_stale_temp_files, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (describe_init, init_weights, load_checkpoint, remove_stale_temp_files, rng_state,
+                         save_checkpoint, set_rng_state)
 from .config import ConfigError, TrainConfig
 from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch
 from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, stop_together, teardown
@@ -251,8 +251,7 @@ class Trainer:
                 self._say(f"training {c.architecture} on {len(self.files)} images ({c.recipe}), {rt.world_size} "
                           f"process(es) on {rt.device.type}, {self.total_steps} steps of global batch {c.batch_size}"
                           + (f", resuming at step {self.step}" if self.step else "")
-                          + (f"; starting from the weights of {self.init['from']} (step {self.init['step']})"
-                             if self.init and not self.step else ""))
+                          + (f"; starting from {describe_init(self.init)}" if self.init and not self.step else ""))
                 if self.step == 0 and self.monitor is not None:  # the random-init baseline the monitor is compared to
                     health.note({"step": 0, "epoch": 0, **self._monitor()})
         last = self._last_step()
