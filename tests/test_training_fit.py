@@ -271,6 +271,13 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
         f.write(b"\0\0\0\1")
     with pytest.raises(ConfigError, match="not a usable model .*sha256"):
         init_weights(BarlowTwins(recipe), recipe)
+    # A registry name works too: the embedded default, offline.
+    from btembed import Encoder
+
+    recipe = apply_overrides(load_recipe("cpu-tiny"), ["init_from=btembed/default-r18"])
+    net = BarlowTwins(recipe)
+    assert init_weights(net, recipe)["name"] == "btembed/default-r18"
+    assert torch.equal(net.trunk.trunk.conv1.weight, Encoder.from_pretrained("btembed/default-r18").trunk.conv1.weight)
 
 
 def test_linear_eval_paper_protocol_at_tiny_size(reference_run, tiny_data, tmp_path):
