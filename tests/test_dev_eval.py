@@ -49,10 +49,18 @@ def test_a_failing_probe_stops_the_evaluation_and_keeps_finished_rows(tmp_path):
 
 
 
-@pytest.mark.parametrize("slow_launch_delay", [0.0, 2.0])
-def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsys, slow_launch_delay):
-    """Two probes at once: when one fails, the other (which would run for 10 minutes) is terminated, or never
-    started when its thread reaches the launch only after the failure (the race CI hit on a slow machine)."""
+def wait_for(condition, what: str, seconds: float = 30.0) -> None:
+    """Poll until condition() holds (the test's stand-in for an ordering it cannot otherwise force)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("order", ["slow probe running when the other fails", "slow probe launched after"])
+def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsys, order):
+    """Two probes at once: when one fails, the other (which would run for 10 minutes) is terminated, or refused
+    when its thread reaches the launch only after the failure (the race CI hit on a slow machine)."""
     from training import dev_eval as module
 
     dev = tmp_path / "dev"
@@ -67,14 +75,17 @@ def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsy
     launched = []
     start = module.RunningProbes.start
 
-    def start_late(self, argv, env):
-        if "slow" in Path(argv[4]).name:
-            time.sleep(slow_launch_delay)
+    def start_in_order(self, argv, env):
+        task = Path(argv[4]).name
+        if task == "broken" and order.endswith("fails"):
+            wait_for(lambda: "slow" in launched, "the slow probe to start")
+        if task == "slow" and order.endswith("after"):
+            wait_for(lambda: self.stopped, "the failure to stop the evaluation")
         proc = start(self, argv, env)
-        launched.append(Path(argv[4]).name)
+        launched.append(task)
         return proc
 
-    monkeypatch.setattr(module.RunningProbes, "start", start_late)
+    monkeypatch.setattr(module.RunningProbes, "start", start_in_order)
     started = time.monotonic()
     code = module.main(["some/model", "--dev", str(dev), "--tasks", "slow", "broken", "--features", "raw32",
                         "--jobs", "2", "--out", str(tmp_path / "dev.json")])
@@ -82,5 +93,4 @@ def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsy
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: btembed probe ") and "broken" in last and "the broken probe" in last
     assert not (tmp_path / "dev.json").exists()  # no row was finished
-    if slow_launch_delay:
-        assert launched == ["broken"]
+    assert launched == (["slow", "broken"] if order.endswith("fails") else ["broken"])

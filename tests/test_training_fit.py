@@ -241,7 +241,7 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
     proc = run(["fit", *TINY, "epochs=1", "lr_weights=0", "lr_biases=0", "projector=[32,32]", f"init_from={model}",
                 "--data", str(tiny_data[0]), "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"starting from the trunk of the model {model} (weights sha256 " in proc.stderr
+    assert f"starting from the trunk of the model {model.resolve()} (weights sha256 " in proc.stderr
     trunk = load_file(str(model / "model.safetensors"))
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     weights = [k for k in trunk if k.endswith(".weight")]
@@ -250,7 +250,7 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
     exported = tmp_path / "exported"
     assert run(["export", str(out), "--out", str(exported)]).returncode == 0
     source = json.loads((exported / "config.json").read_text())["source"]["description"]
-    assert f"started from the trunk of the model {model}" in source and "projector from random init" in source
+    assert f"started from the trunk of the model {model.resolve()}" in source and "projector from random init" in source
 
     # Another architecture is refused (the fit command turns ConfigError into its one-line error before any step);
     # so are weights that fail their sha256.
@@ -263,13 +263,13 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "architecture": "resnet34"}))
     recipe = apply_overrides(load_recipe("cpu-tiny"), [f"init_from={other}"])
-    with pytest.raises(ConfigError, match="is a resnet34, this run has architecture='resnet18'"):
+    with pytest.raises(ConfigError, match=r"^init_from=\S+ is a resnet34, this run has architecture='resnet18'"):
         init_weights(BarlowTwins(recipe), recipe)
     (other / "config.json").write_text(json.dumps(config))
     with open(other / "model.safetensors", "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\0\0\0\1")
-    with pytest.raises(ConfigError, match="not a usable model .*sha256"):
+    with pytest.raises(ConfigError, match="sha256"):
         init_weights(BarlowTwins(recipe), recipe)
     # A registry name works too: the embedded default, offline.
     from btembed import Encoder

@@ -86,7 +86,7 @@ def init_weights(model: torch.nn.Module, config) -> dict:
     A training run folder gives trunk and projector; a model folder, registry name or hub repo gives the trunk
     only (exports drop the projector), and the projector keeps its random init.
     """
-    source = Path(config.init_from)
+    source = Path(config.init_from).expanduser()
     run = source.parent if source.name == CHECKPOINT else source
     if (run / CHECKPOINT).is_file():
         return _init_from_run(model, config, run)
@@ -115,14 +115,22 @@ def _init_from_model(model: torch.nn.Module, config) -> dict:
     try:
         folder = resolve_model(config.init_from)
         theirs = ModelConfig.load(folder)
-        if theirs.architecture != config.architecture:
-            raise ConfigError(f"init_from={config.init_from} is a {theirs.architecture}, this run has "
-                              f"architecture={config.architecture!r}; the weights cannot be loaded")
-        state = load_state_dict(folder, theirs)
-    except BtembedError as e:
+    except (BtembedError, OSError, ValueError, TypeError, AttributeError) as e:
         raise ConfigError(f"init_from={config.init_from}: not a training run (no {CHECKPOINT}) and not a usable "
                           f"model ({e})") from None
-    model.trunk.trunk.load_state_dict(state)
+    if theirs.architecture != config.architecture:
+        raise ConfigError(f"init_from={config.init_from} is a {theirs.architecture}, this run has "
+                          f"architecture={config.architecture!r}; the weights cannot be loaded")
+    try:
+        state = load_state_dict(folder, theirs)
+    except BtembedError as e:
+        raise ConfigError(f"init_from={config.init_from}: {e}") from None
+    missing, unexpected = model.trunk.trunk.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        # A torchvision trunk of the same architecture has exactly these keys: anything else is another network.
+        raise ConfigError(f"init_from={config.init_from}: its weights do not fit a {config.architecture} trunk "
+                          f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. "
+                          f"{unexpected[:2]})")
     local = Path(config.init_from).expanduser()
     return {"kind": "model", "from": str(local.resolve()) if local.is_dir() else config.init_from,
             "folder": str(Path(folder).resolve()),

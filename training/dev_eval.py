@@ -44,6 +44,11 @@ class RunningProbes:
         self._procs: set = set()
         self._stopped = False
 
+    @property
+    def stopped(self) -> bool:
+        """True once stop() was called."""
+        return self._stopped
+
     def start(self, argv: list[str], env: dict | None) -> subprocess.Popen:
         """Launch one probe process, unless stop() was called."""
         with self._lock:

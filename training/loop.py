@@ -139,8 +139,12 @@ class Trainer:
         if c.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        # A bad init_from fails here, before the loader, RAM cache and monitor are built.
-        self.init: dict = init_weights(model, c) if c.init_from and not self.checkpoint else {}
+        # A bad init_from fails here, before the loader, RAM cache and monitor are built; a download or file that
+        # fails on one rank only stops every rank, rather than leaving the others waiting in DDP's first collective.
+        self.init: dict = {}
+        if c.init_from and not self.checkpoint:
+            with stop_together("loading init_from", rt.device):
+                self.init = init_weights(model, c)
         net = model
         if rt.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(
