@@ -90,7 +90,7 @@ def init_weights(model: torch.nn.Module, config) -> dict:
     run = source.parent if source.name == CHECKPOINT else source
     if (run / CHECKPOINT).is_file():
         return _init_from_run(model, config, run)
-    return _init_from_model(model, config)
+    return _init_from_model(model, config, source)
 
 
 def _init_from_run(model: torch.nn.Module, config, run: Path) -> dict:
@@ -106,11 +106,11 @@ def _init_from_run(model: torch.nn.Module, config, run: Path) -> dict:
             "recipe": theirs["recipe"], "seed": theirs["seed"], "data": ck["data"]["path"]}
 
 
-def _init_from_model(model: torch.nn.Module, config) -> dict:
+def _init_from_model(model: torch.nn.Module, config, source: Path) -> dict:
     """The trunk of a model folder, registry name or hub repo (sha256-verified safetensors); projector stays fresh."""
     from btembed.config import ModelConfig
     from btembed.errors import BtembedError
-    from btembed.hub import load_state_dict, resolve_model
+    from btembed.hub import WEIGHTS_FILE, load_state_dict, resolve_model
 
     try:
         folder = resolve_model(config.init_from)
@@ -131,10 +131,9 @@ def _init_from_model(model: torch.nn.Module, config) -> dict:
         raise ConfigError(f"init_from={config.init_from}: its weights do not fit a {config.architecture} trunk "
                           f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. "
                           f"{unexpected[:2]})")
-    local = Path(config.init_from).expanduser()
-    return {"kind": "model", "from": str(local.resolve()) if local.is_dir() else config.init_from,
-            "folder": str(Path(folder).resolve()),
-            "name": theirs.name, "weights_sha256": theirs.files.get("model.safetensors", "")}
+    return {"kind": "model", "from": str(source.resolve()) if source.is_dir() else config.init_from,
+            "folder": str(Path(folder).resolve()), "name": theirs.name,
+            "weights_sha256": theirs.files.get(WEIGHTS_FILE, "")}
 
 
 def describe_init(init: dict) -> str:
