@@ -193,6 +193,17 @@ def make_loader(files: list[Path], config: TrainConfig, rank: int, world_size: i
     return loader, sampler
 
 
+def stop_loader_workers(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now (a no-op if none are running)."""
+    # The training loop's workers ignore SIGTERM (the main process checkpoints first and then stops them), so the
+    # terminate() multiprocessing sends its children at interpreter exit cannot stop them. A run that raised
+    # (disk full, a bug) would otherwise wait on its workers forever instead of exiting with its traceback.
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
 def steps_per_epoch(n_files: int, config: TrainConfig, world_size: int) -> int:
     """Optimizer steps in one epoch (every process does the same number)."""
     per_rank = math.ceil(n_files * config.repeats / world_size)

@@ -16,7 +16,7 @@ from .budget import BudgetTimer, agree, fitted_steps, timing_window
 from .checkpoint import (describe_init, init_weights, load_checkpoint, remove_stale_temp_files, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import ConfigError, TrainConfig
-from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch
+from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch, stop_loader_workers
 from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, stop_together, teardown
 from .lars import LARS, lr_scale, param_groups, set_lr
 from .loss import BarlowTwinsLoss
@@ -386,7 +386,9 @@ class Trainer:
             tqdm.write(text, file=sys.stderr)
 
     def close(self) -> None:
-        """Leave the process group."""
+        """Stop the loader's workers and leave the process group."""
+        if hasattr(self, "loader"):
+            stop_loader_workers(self.loader)
         teardown()
 
 
