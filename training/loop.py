@@ -387,8 +387,7 @@ class Trainer:
 
     def close(self) -> None:
         """Stop the loader's workers and leave the process group."""
-        if hasattr(self, "loader"):
-            stop_loader_workers(self.loader)
+        stop_loader_workers(self.loader)
         teardown()
 
 
