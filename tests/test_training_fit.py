@@ -184,7 +184,6 @@ def test_sigterm_checkpoints_then_resumes(tiny_data, tmp_path):
     assert refused.returncode == 1 and "lr_weights" in refused.stderr and "Traceback" not in refused.stderr
 
 
-
 def test_a_run_that_raises_exits_with_its_loader_workers(tiny_data, tmp_path):
     """An unexpected error mid-run (here: the metrics log turned into a folder) ends the process with its traceback.
 
@@ -199,6 +198,8 @@ def test_a_run_that_raises_exits_with_its_loader_workers(tiny_data, tmp_path):
         (out / "metrics.jsonl").mkdir()
         _, stderr = proc.communicate(timeout=120)  # before the fix: TimeoutExpired, the process never exited
     assert proc.returncode == 1 and "IsADirectoryError" in stderr, stderr[-3000:]
+
+
 def test_time_budget_fits_the_lr_schedule_and_resumes_it(tiny_data, tmp_path):
     """A budget too small for the warm-up: steps 2-12 are timed, 13 steps are scheduled (with a warning), and run."""
     out = tmp_path / "budget"
