@@ -49,6 +49,13 @@ def run(args, module="training", **kwargs):
                           text=True, timeout=300, **kwargs)
 
 
+def export(run_dir, out, *extra):
+    """`python -m training export RUN --out OUT ...`, in this process (it is pure file work; saves a start-up)."""
+    from training.__main__ import main
+
+    assert main(["export", str(run_dir), "--out", str(out), *extra]) == 0
+
+
 def losses(run_dir: Path) -> dict:
     """step → loss from a run's metrics.jsonl."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -105,7 +112,7 @@ def test_export_loads_in_embedder(reference_run, tiny_data, tmp_path):
              (["--input-size", "48", "--resize-size", "64", "--interpolation", "bicubic"], 48, 64, "bicubic"))
     for extra, crop, resize, interpolation in cases:
         folder = tmp_path / f"model-{resize}"
-        assert run(["export", str(out), "--out", str(folder), *extra]).returncode == 0
+        export(out, folder, *extra)
         pre = json.loads((folder / "config.json").read_text())["preprocess"]
         assert (pre["input_size"], pre["resize_size"], pre["interpolation"]) == (crop, resize, interpolation)
         assert (folder / "model.safetensors").read_bytes() == (tmp_path / "model" / "model.safetensors").read_bytes()
@@ -217,7 +224,7 @@ def test_time_budget_fits_the_lr_schedule_and_resumes_it(tiny_data, tmp_path):
     again = run(args)
     assert again.returncode == 0 and "already finished (13 steps)" in again.stderr, again.stderr[-3000:]
     model = tmp_path / "model"
-    assert run(["export", str(out), "--out", str(model)]).returncode == 0
+    export(out, model)
     source = json.loads((model / "config.json").read_text())["source"]["description"]
     assert "fitted to a 0.0001-minute budget: 13 steps" in source
 
@@ -236,7 +243,7 @@ def test_init_from_starts_at_another_runs_weights(reference_run, tiny_data, tmp_
     assert weights and all(torch.equal(ck["model"][k], theirs[k]) for k in weights)
     assert ck["init"]["from"] == str(ref.resolve()) and ck["init"]["step"] == 12
     model = tmp_path / "model"
-    assert run(["export", str(out), "--out", str(model)]).returncode == 0
+    export(out, model)
     source = json.loads((model / "config.json").read_text())["source"]["description"]
     assert f"started from the weights of an earlier run ({ref.resolve()}, step 12" in source
     # A different projector cannot take those weights: refused before any step, naming the key.
@@ -252,7 +259,7 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
     from safetensors.torch import load_file
 
     model = tmp_path / "model"
-    assert run(["export", str(reference_run[0]), "--out", str(model)]).returncode == 0
+    export(reference_run[0], model)
     out = tmp_path / "from-model"
     proc = run(["fit", *TINY, "epochs=1", "lr_weights=0", "lr_biases=0", "projector=[32,32]", f"init_from={model}",
                 "--data", str(tiny_data[0]), "--out", str(out)])
@@ -264,7 +271,7 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
     assert weights and all(torch.equal(ck["model"][f"trunk.trunk.{k}"], trunk[k]) for k in weights)
     assert ck["init"]["kind"] == "model" and ck["init"]["name"] == "model"
     exported = tmp_path / "exported"
-    assert run(["export", str(out), "--out", str(exported)]).returncode == 0
+    export(out, exported)
     source = json.loads((exported / "config.json").read_text())["source"]["description"]
     assert f"started from the trunk of the model {model.resolve()}" in source and "projector from random init" in source
 
@@ -300,7 +307,7 @@ def test_linear_eval_paper_protocol_at_tiny_size(reference_run, tiny_data, tmp_p
     from training.linear_eval import LinearEvalConfig, linear_eval
 
     model = tmp_path / "model"
-    assert run(["export", str(reference_run[0]), "--out", str(model)]).returncode == 0
+    export(reference_run[0], model)
     labeled = tiny_data[1]
     proc = run(["linear-eval", str(model), "--data", str(labeled), "--epochs", "2", "--batch-size", "8",
                 "--workers", "0", "--json", "--record"])
@@ -324,7 +331,7 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     from hub.registry_tools import REGISTRY_PATH, read_registry
 
     fp32 = tmp_path / "fp32"
-    assert run(["export", str(reference_run[0]), "--out", str(fp32)]).returncode == 0
+    export(reference_run[0], fp32)
     labeled = tiny_data[1]  # 6 classes x 4 crops: one dev task called "labeled"
     evaluation, manifest, registry = tmp_path / "dev.json", tmp_path / "manifest.json", tmp_path / "registry.json"
     # Measured as a staged copy in two parallel jobs, recorded under the name it ships as.
