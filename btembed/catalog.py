@@ -1,4 +1,4 @@
-"""SQLite catalog of one photo folder: a row per file (stat, partial hash, vector, status), the source of truth."""
+"""SQLite catalog of one photo folder: a row per file (stat, content hash, vector, status), the source of truth."""
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +16,10 @@ from .errors import CatalogError
 
 SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.sqlite"
-# Bytes read from each end of a file for the partial hash: enough to tell photos apart, cheap on huge files.
-HASH_CHUNK = 64 * 1024
+# What the phash column holds; catalogs without this meta value hold a partial hash (size + both 64-KiB ends),
+# which is not enough to reuse a vector: same-size files with equal ends (uncompressed frames, scans,
+# an edit in the middle of a BMP) collided.
+HASH_KIND = "blake2b-128 of all bytes"
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 _SCHEMA = """
@@ -27,7 +29,7 @@ CREATE TABLE IF NOT EXISTS files (
     path TEXT NOT NULL UNIQUE,              -- relative to the photo folder, '/' separators
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    phash TEXT,                             -- partial content hash (size + first/last 64 KiB)
+    phash TEXT,                             -- content hash (HASH_KIND), equal only for identical bytes
     status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
     error TEXT,
     vector BLOB,
@@ -40,17 +42,12 @@ CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY, gen INTEGER NOT N
 """
 
 
-def partial_hash(path: str | os.PathLike, size: int) -> str:
-    """blake2b of the size and the first and last 64 KiB: identifies copies and renames without reading it all."""
+def content_hash(path: str | os.PathLike) -> str:
+    """blake2b-128 of every byte of the file: a vector is reused only for a byte-identical file."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(size.to_bytes(8, "little"))
     with open(path, "rb") as f:
-        h.update(f.read(HASH_CHUNK))
-        if size > 2 * HASH_CHUNK:
-            f.seek(-HASH_CHUNK, os.SEEK_END)
-            h.update(f.read(HASH_CHUNK))
-        elif size > HASH_CHUNK:
-            h.update(f.read())
+        while block := f.read(1 << 20):
+            h.update(block)
     return h.hexdigest()
 
 
@@ -103,6 +100,12 @@ class Catalog:
                               "generation": 0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         elif int(version) > SCHEMA_VERSION:
             raise CatalogError(f"{path} was written by a newer btembed (schema {version}); upgrade btembed")
+        if catalog.get("hash_kind") != HASH_KIND:
+            # Older partial hashes cannot vouch for identical bytes: forget them (those files are hashed again
+            # when they change; until then they are no source of reused vectors).
+            with catalog.transaction():
+                catalog.conn.execute("UPDATE files SET phash = NULL")
+            catalog.set_many({"hash_kind": HASH_KIND})
         return catalog
 
     @classmethod
@@ -195,7 +198,7 @@ class Catalog:
         return {r[1]: Row(*r) for r in cur}
 
     def vector_for_hash(self, size: int, phash: str) -> bytes | None:
-        """The stored vector blob of any good file with this size and partial hash (a copy or a rename)."""
+        """The stored vector blob of any good file with this size and content hash (a copy or a rename)."""
         row = self.conn.execute("SELECT vector FROM files WHERE size = ? AND phash = ? AND status = 'ok' LIMIT 1",
                                 (size, phash)).fetchone()
         return row[0] if row else None

@@ -45,7 +45,9 @@ class UnionFind:
 
 
 def exact_copy_pairs(index: ImageIndex) -> list[tuple[int, int]]:
-    """(id, id) pairs of files with identical bytes: same size + partial hash, confirmed by a full sha256."""
+    """(id, id) pairs of files with identical bytes: same size + hash, confirmed by a full sha256."""
+    # The confirmation matters for a catalog opened only read-only since an older btembed: it still holds partial
+    # hashes (a writable open forgets them).
     cur = index.catalog.conn.execute(
         "SELECT id, path, size, phash FROM files WHERE status = 'ok' AND (size, phash) IN "
         "(SELECT size, phash FROM files WHERE status = 'ok' GROUP BY size, phash HAVING COUNT(*) > 1)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .ann import AnnConfig, parse_size
-from .catalog import CATALOG_FILE, Catalog, partial_hash
+from .catalog import CATALOG_FILE, Catalog, content_hash
 from .errors import CatalogError
 from .images import find_images
 from .index import index_is_current, locate_store, sync_ann
@@ -116,11 +116,11 @@ def _stat(path: Path) -> tuple[int, int, str | None]:
 
 
 def _hash(path: Path, size: int) -> tuple[str | None, str | None]:
-    """(partial hash, error)."""
+    """(content hash, error)."""
     if size == 0:
         return None, "empty file (0 bytes)"
     try:
-        return partial_hash(path, size), None
+        return content_hash(path), None
     except PermissionError:
         return None, "permission denied"
     except IsADirectoryError:

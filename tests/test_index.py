@@ -83,6 +83,68 @@ def test_incremental_copy_rename_delete_change(folder, tiny_model_dir):
     assert run_index(folder, tiny_model_dir).embedded == 0
 
 
+
+def framed_bmp(path, seed):
+    """A 400x400 BMP whose first and last 64 KiB are black bars and whose middle rows are this seed's noise."""
+    pixels = np.zeros((400, 400, 3), np.uint8)
+    pixels[120:280] = np.random.default_rng(seed).integers(0, 256, (160, 400, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def vector_of(folder, rel):
+    """The catalog's stored vector for one file."""
+    catalog = Catalog.open(folder / ".btembed" / "catalog.sqlite", read_only=True)
+    try:
+        row_id = catalog.lookup(rel)[0]
+        return catalog.fetch([row_id])[0]
+    finally:
+        catalog.close()
+
+
+def test_only_byte_identical_files_share_a_vector(tmp_path, tiny_model_dir):
+    """Same size and same 64-KiB ends (video frames, scans) used to pass for a copy and reuse a wrong vector."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    framed_bmp(folder / "a.bmp", seed=0)
+    assert run_index(folder, tiny_model_dir).embedded == 1
+    framed_bmp(folder / "b.bmp", seed=1)  # another frame: same size, same first and last 64 KiB
+    a, b = (folder / "a.bmp").read_bytes(), (folder / "b.bmp").read_bytes()
+    assert len(a) == len(b) and a[:65536] == b[:65536] and a[-65536:] == b[-65536:] and a != b
+    r = run_index(folder, tiny_model_dir)
+    assert (r.new, r.reused, r.embedded) == (1, 0, 1)
+    # an edit in the middle of an indexed file (same size) is embedded again, not given its old vector
+    before = vector_of(folder, "a.bmp")
+    framed_bmp(folder / "a.bmp", seed=2)
+    os.utime(folder / "a.bmp", ns=(1, 1))  # a new mtime, whatever the clock's resolution
+    r = run_index(folder, tiny_model_dir)
+    assert (r.updated, r.reused, r.embedded) == (1, 0, 1)
+    assert not np.allclose(vector_of(folder, "a.bmp"), before)
+    # a true copy still reuses
+    shutil.copy(folder / "b.bmp", folder / "b-copy.bmp")
+    r = run_index(folder, tiny_model_dir)
+    assert (r.new, r.reused, r.embedded) == (1, 1, 0)
+    np.testing.assert_array_equal(vector_of(folder, "b-copy.bmp"), vector_of(folder, "b.bmp"))
+
+
+def test_hashes_of_an_older_catalog_are_forgotten(folder, tiny_model_dir):
+    """A catalog from before full-content hashes holds partial ones: they must not vouch for a copy."""
+    run_index(folder, tiny_model_dir)
+    db = folder / ".btembed" / "catalog.sqlite"
+    catalog = Catalog.open(db)
+    with catalog.transaction():
+        catalog.conn.execute("UPDATE files SET phash = 'partial'")
+    catalog.set_many({"hash_kind": None})  # as an older btembed wrote it
+    catalog.close()
+    catalog = Catalog.open(db)
+    try:
+        assert catalog.conn.execute("SELECT COUNT(*) FROM files WHERE phash IS NOT NULL").fetchone()[0] == 0
+        assert catalog.get("hash_kind")
+    finally:
+        catalog.close()
+    shutil.copy(folder / "astronaut.jpg", folder / "astronaut-copy.jpg")
+    r = run_index(folder, tiny_model_dir)
+    assert (r.new, r.reused, r.embedded, r.unchanged) == (1, 0, 1, 6)
+
 def test_query_image_finds_its_own_file_first(folder, tiny_model_dir, tmp_path):
     run_index(folder, tiny_model_dir)
     outside = tmp_path / "query.jpg"
