@@ -54,6 +54,7 @@ class IndexReport:
     embedded: int = 0
     failed: int = 0
     failures: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # [{path, reason}] of files the catalog cannot hold
     store: str = ""
     model: str = ""
     tier: str = ""
@@ -113,6 +114,20 @@ def _stat(path: Path) -> tuple[int, int, str | None]:
         if isinstance(e, PermissionError):
             return size, mtime, "permission denied"
         return size, mtime, f"cannot stat ({e.strerror or e})"
+
+
+def _utf8(name: str) -> bool:
+    """Whether SQLite can store the name: bytes that are not UTF-8 come out of os.walk as lone surrogates."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _printable(name: str) -> str:
+    """The name with its undecodable bytes written as \\xNN escapes (valid text for logs and JSON)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _hash(path: Path, size: int) -> tuple[str | None, str | None]:
@@ -207,6 +222,10 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
     seen: dict[str, tuple[Path, int, int, str | None]] = {}
     for path in find_images(folder):
         rel = path.relative_to(folder).as_posix()
+        if not _utf8(rel):
+            report.skipped.append({"path": _printable(rel), "reason": "file name is not valid UTF-8; rename the "
+                                   "file to index it"})
+            continue
         seen[rel] = (path, *_stat(path))
     todo = []
     for rel, (path, size, mtime, err) in seen.items():

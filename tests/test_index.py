@@ -145,6 +145,19 @@ def test_hashes_of_an_older_catalog_are_forgotten(folder, tiny_model_dir):
     r = run_index(folder, tiny_model_dir)
     assert (r.new, r.reused, r.embedded, r.unchanged) == (1, 0, 1, 6)
 
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(folder, tiny_model_dir):
+    """SQLite holds text as UTF-8: such a name used to crash every index run of its folder."""
+    shutil.copy(folder / "astronaut.jpg", os.fsencode(folder) + b"/caf\xe9.jpg")
+    code, out, err = cli("index", folder, "--model", tiny_model_dir, "--json")
+    assert code == 0 and "Traceback" not in err
+    assert "skipped caf\\xe9.jpg: file name is not valid UTF-8" in err and "1 skipped" in err
+    report = json.loads(out)
+    assert report["total"] == 6 and report["skipped"] == [
+        {"path": "caf\\xe9.jpg", "reason": "file name is not valid UTF-8; rename the file to index it"}]
+    assert run_index(folder, tiny_model_dir).unchanged == 6  # and the next run is not stuck either
+
+
 def test_query_image_finds_its_own_file_first(folder, tiny_model_dir, tmp_path):
     run_index(folder, tiny_model_dir)
     outside = tmp_path / "query.jpg"

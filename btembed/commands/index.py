@@ -42,9 +42,13 @@ def run(args) -> int:
     report = index_folder(args.folder, opts, say=say)
     for f in report.failures:
         say(f"  could not index {f['path']}: {f['error']}")
+    for f in report.skipped:
+        say(f"  skipped {f['path']}: {f['reason']}")
+    skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
     say(f"indexed {report.total} images in {report.seconds:.1f} s ({report.new} new, {report.updated} updated, "
         f"{report.deleted} deleted, {report.unchanged} unchanged, {report.reused} reused, "
-        f"{report.embedded} embedded, {report.failed} failed); index {report.tier or 'empty'} in {report.store}")
+        f"{report.embedded} embedded, {report.failed} failed{skipped}); index {report.tier or 'empty'} in "
+        f"{report.store}")
     if args.json:
         print_json(report.to_dict())
     return 0
