@@ -81,11 +81,24 @@ def _save_atomic(model_proto, out: Path) -> Path:
     try:
         onnx.save_model(model_proto, tmp)
         onnx.checker.check_model(tmp, full_check=True)
+        os.chmod(tmp, 0o644)  # mkstemp made it private; an ONNX file is meant to be served by other users too
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def check_output_path(out: Path) -> None:
+    """Refuse an ONNX destination that cannot be written, before minutes of exporting."""
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder; give the ONNX file's path, e.g. {out / 'model.onnx'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the folder {out.parent} for {out.name} ({e.strerror or e})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ExportError(f"cannot write into {out.parent} (permission denied); choose another --onnx path")
 
 
 def _load_encoder(model, config: ModelConfig | None, revision: str | None):
@@ -224,8 +237,9 @@ def export(model, out: str | Path, *, int8: bool = False, calibration: str | Pat
 
     if int8 and calibration is None:
         raise ExportError("int8 export needs --calibration DIR: a folder of real images to calibrate on")
-    encoder, config = _load_encoder(model, None, revision)
     out = Path(out)
+    check_output_path(out)
+    encoder, config = _load_encoder(model, None, revision)
     size = config.preprocess.input_size
     check_pixels = (calibration_pixels(calibration, config, max_images) if calibration is not None else
                     np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8))

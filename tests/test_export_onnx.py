@@ -75,6 +75,7 @@ def test_cli_export_json_contract_and_metadata(r18):
     assert json.loads(meta["mean"]) == pytest.approx([0.485, 0.456, 0.406])
     assert json.loads(meta["std"]) == pytest.approx([0.229, 0.224, 0.225])
     assert meta["weights_sha256"] == ModelConfig.load(folder).files["model.safetensors"]
+    assert out.stat().st_mode & 0o777 == 0o644  # readable by a server running as another user
 
 
 def test_dynamic_batch_unit_rows_and_features(r18, photo_paths):
@@ -212,6 +213,14 @@ def test_cli_errors(tmp_path, capsys):
     assert "no readable images" in capsys.readouterr().err
     assert main(["export", str(folder), "--onnx", str(tmp_path / "x.onnx"), "--opset", "13"]) == 1
     assert not (tmp_path / "x.onnx").exists()
+    capsys.readouterr()
+    # an unwritable destination is refused in one line before any export work
+    assert main(["export", str(folder), "--onnx", str(empty)]) == 1
+    assert f"{empty} is a folder; give the ONNX file's path" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["export", str(folder), "--onnx", str(blocker / "sub" / "x.onnx")]) == 1
+    assert f"cannot create the folder {blocker / 'sub'}" in capsys.readouterr().err
 
 
 def test_auto_backend_choice():
