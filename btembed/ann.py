@@ -93,6 +93,8 @@ def parse_size(text: str | int | None) -> int | None:
         value = float(s[:-1] if scale > 1 else s)
     except ValueError:
         raise CatalogError(f"cannot read the size {text!r}; write it like 512M or 16G") from None
+    if value <= 0:
+        raise CatalogError(f"a size must be more than 0, not {text!r}; write it like 512M or 16G")
     return int(value * scale)
 
 

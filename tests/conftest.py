@@ -15,6 +15,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field")
 
 
+# Every socket connection raises: "fails fast" means the offline path never reaches for the network at all.
+NO_NETWORK_CLI = """
+import socket, sys
+def refuse(*args, **kwargs):
+    raise AssertionError("network connection attempted")
+socket.socket.connect = socket.socket.connect_ex = socket.create_connection = refuse
+from btembed.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def skimage_photos() -> dict[str, np.ndarray]:
     """name → uint8 RGB array of scikit-image's bundled photos."""
     from skimage import data

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import make_model_dir
+from conftest import NO_NETWORK_CLI, make_model_dir
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -52,17 +52,6 @@ def test_cached_repo_loads_offline_with_same_vectors(tmp_path):
     got, want = json.loads(cached.stdout), json.loads(local.stdout)
     assert Path(got["folder"]).resolve() == snapshot.resolve()
     np.testing.assert_array_equal(np.array(got["vectors"]), np.array(want["vectors"]))
-
-
-# Every socket connection raises: "fails fast" means the offline path never reaches for the network at all.
-NO_NETWORK_CLI = """
-import socket, sys
-def refuse(*args, **kwargs):
-    raise AssertionError("network connection attempted")
-socket.socket.connect = socket.socket.connect_ex = socket.create_connection = refuse
-from btembed.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def test_empty_cache_offline_fails_fast_with_one_sentence(tmp_path):

@@ -5,6 +5,7 @@ Command modules must not import torch at module level, so `btembed --help` stays
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -33,10 +34,24 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def count_at_least(minimum: int):
+    """An argparse type: an integer no smaller than minimum (a usage error otherwise, not a traceback later)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
 def add_model_args(parser) -> None:
     """--model/--revision/--backend/--device/--precision/--batch-size/--workers, shared by every command that embeds."""
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None, help="decode threads (default: one per core, at most 4)")
+    parser.add_argument("--batch-size", type=count_at_least(1), default=64)
+    parser.add_argument("--workers", type=count_at_least(0), default=None,
+                        help="decode workers (default: one per core, at most 4; 0 decodes in the main thread)")
     parser.add_argument("--model", "-m", default=None,
                         help="model folder, registry name (btembed/r50) or Hugging Face repo id; "
                              "default: the embedded model")

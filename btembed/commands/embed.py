@@ -42,8 +42,6 @@ def run(args) -> int:
     """Embed, write outputs atomically, summarise."""
     import numpy as np
 
-    if args.batch_size < 1:
-        raise BtembedError("--batch-size must be at least 1")
     out = Path(args.output)
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")

@@ -29,11 +29,8 @@ def run(args) -> int:
     """Index, then summarise on stderr (and as JSON on stdout with --json)."""
     import sys
 
-    from ..errors import BtembedError
     from ..indexer import IndexOptions, index_folder
 
-    if args.batch_size < 1:
-        raise BtembedError("--batch-size must be at least 1")
     opts = IndexOptions(model=args.model, revision=args.revision, db=args.db, max_memory=args.max_memory,
                         retry_errors=args.retry_errors, rebuild=args.rebuild, wait=args.wait,
                         batch_size=args.batch_size, workers=args.workers, backend=args.backend,
