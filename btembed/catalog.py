@@ -51,6 +51,26 @@ def content_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+class DamagedCatalog(CatalogError):
+    """The catalog file is there but is not a readable SQLite database (overwritten, truncated, corrupted)."""
+
+
+def _damaged(error: Exception) -> bool:
+    """SQLite's 'file is not a database' / 'malformed' errors, as opposed to permission or locking ones."""
+    return type(error) is sqlite3.DatabaseError
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged catalog (and its -wal/-shm companions) out of the way; returns the new name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.replace(companion, aside.with_name(aside.name + suffix))
+    return aside
+
+
 @dataclass
 class Row:
     """What the indexer needs to know about a cataloged file, without its vector."""
@@ -91,6 +111,9 @@ class Catalog:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as e:
+            if _damaged(e):
+                raise DamagedCatalog(f"the catalog {path} is damaged ({e}); `btembed index --rebuild` sets it "
+                                     "aside and indexes the folder again") from None
             raise CatalogError(f"cannot open the catalog {path} ({e}); check permissions, or pass --db with a "
                                "writable place") from None
         catalog = cls(path, conn)
@@ -133,6 +156,9 @@ class Catalog:
                     continue
                 why = (" (an index run left its -wal file; run `btembed index` on the folder once with write "
                        "access to fold it in)") if wal and cannot_write else ""
+                if _damaged(e):
+                    raise DamagedCatalog(f"the catalog {path} is damaged ({e}); `btembed index --rebuild` on the "
+                                         "folder sets it aside and indexes it again") from None
                 raise CatalogError(f"cannot read the catalog {path} ({e}){why}; run `btembed index` on the "
                                    "folder to (re)create it") from None
         if version is None:

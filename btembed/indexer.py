@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .ann import AnnConfig, parse_size
-from .catalog import CATALOG_FILE, Catalog, content_hash
+from .catalog import CATALOG_FILE, Catalog, DamagedCatalog, content_hash, set_aside
 from .errors import CatalogError
 from .images import find_images
 from .index import index_is_current, locate_store, sync_ann
@@ -187,13 +187,25 @@ def index_folder(folder: str | os.PathLike, opts: IndexOptions | None = None,
         raise CatalogError(f"{folder} is not a folder; give the folder of images to index")
     store = open_store(folder, opts.db)
     with WriterLock(store).acquire(wait=opts.wait):
-        catalog = Catalog.open(store / CATALOG_FILE, create=True)
+        catalog = _open_for_writing(store / CATALOG_FILE, opts, say)
         try:
             report = _run(folder, store, catalog, opts, say)
         finally:
             catalog.close()
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
+
+
+def _open_for_writing(path: Path, opts: IndexOptions, say) -> Catalog:
+    """Open (or create) the catalog; with --rebuild a damaged one is set aside (kept for inspection) and replaced."""
+    try:
+        return Catalog.open(path, create=True)
+    except DamagedCatalog:
+        if not opts.rebuild:
+            raise
+    aside = set_aside(path)
+    say(f"--rebuild: the damaged catalog was moved to {aside}; indexing the folder from scratch")
+    return Catalog.open(path, create=True)
 
 
 def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -> IndexReport:

@@ -158,6 +158,24 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(folder, tiny_model_di
     assert run_index(folder, tiny_model_dir).unchanged == 6  # and the next run is not stuck either
 
 
+def test_a_damaged_catalog_is_named_and_rebuild_sets_it_aside(folder, tiny_model_dir):
+    run_index(folder, tiny_model_dir)
+    store = folder / ".btembed"
+    for companion in store.glob("catalog.sqlite-*"):
+        companion.unlink()
+    (store / "catalog.sqlite").write_bytes(b"not a database" * 512)
+    with pytest.raises(CatalogError, match=r"is damaged \(file is not a database\); `btembed index --rebuild`"):
+        run_index(folder, tiny_model_dir)
+    with pytest.raises(CatalogError, match="is damaged"):
+        ImageIndex.open(folder)
+    said = []
+    r = index_folder(folder, IndexOptions(model=str(tiny_model_dir), workers=0, batch_size=4, rebuild=True),
+                     say=said.append)
+    assert (r.total, r.embedded) == (6, 6)
+    (aside,) = store.glob("catalog.sqlite.damaged-*")
+    assert aside.read_bytes().startswith(b"not a database") and any(str(aside) in m for m in said)
+
+
 def test_query_image_finds_its_own_file_first(folder, tiny_model_dir, tmp_path):
     run_index(folder, tiny_model_dir)
     outside = tmp_path / "query.jpg"
