@@ -17,11 +17,18 @@ size, resize = int(meta["input_size"]), int(meta["resize_size"])
 resample = getattr(Image.Resampling, meta["interpolation"].upper())
 
 
+def rgb(im):
+    """8-bit RGB, with transparent pixels on white as btembed composites them (convert("RGB") would make them black)."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+    return im.convert("RGB")
+
+
 def pixels(path):
     """Decode, orient, resize the short side, center-crop: uint8 [size, size, 3]."""
     with Image.open(path) as im:
         im.draft("RGB", (resize, resize))  # JPEG: decode at reduced scale, never below the resize size
-        im = ImageOps.exif_transpose(im).convert("RGB")
+        im = rgb(ImageOps.exif_transpose(im))
     w, h = im.size
     if meta["crop"] == "none":
         return np.asarray(im.resize((size, size), resample))
@@ -31,7 +38,9 @@ def pixels(path):
     return np.asarray(im.crop((left, top, left + size, top + size)))
 
 
-files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+              ".pbm", ".pnm", ".tga", ".ico"}  # the files `btembed index` picks up
+files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXTENSIONS)
 batches = [np.stack([pixels(p) for p in files[i:i + 32]]) for i in range(0, len(files), 32)]
 vectors = np.concatenate([session.run(["embedding"], {meta["input_name"]: b})[0]
                           for b in batches])

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from PIL import Image
 
 from btembed import Embedder, ModelError
 from btembed.backends import auto_backend
@@ -116,15 +117,22 @@ def test_resnet50_acceptance_parity_and_raw_session(tmp_path, photo_paths, user_
 
 def test_example_serves_folder_without_torch(r18, photos_dir, tmp_path):
     folder, out, _ = r18
+    photos = tmp_path / "photos"
+    shutil.copytree(photos_dir, photos)
+    # transparency goes on white as in btembed, and every extension btembed indexes is picked up
+    rgba = np.asarray(Image.open(photos / "astronaut.jpg").convert("RGBA")).copy()
+    rgba[:, : rgba.shape[1] // 2, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(photos / "half-transparent.png")
+    Image.open(photos / "coffee.jpg").save(photos / "coffee.bmp")
     vectors = tmp_path / "vectors.npy"
     code = ("import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
             "assert 'torch' not in sys.modules and 'btembed' not in sys.modules, 'imported torch/btembed'")
     result = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples" / "onnx_serve.py"), str(out),
-                             str(photos_dir), str(vectors)], capture_output=True, text=True, timeout=120)
+                             str(photos), str(vectors)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"images": 6, "dim": 512, "model": "test/resnet18"}
+    assert json.loads(result.stdout) == {"images": 8, "dim": 512, "model": "test/resnet18"}
     config = ModelConfig.load(folder)
-    pixels = np.stack([load_pixels(p, config.preprocess) for p in sorted(photos_dir.glob("*.jpg"))])
+    pixels = np.stack([load_pixels(p, config.preprocess) for p in sorted(photos.iterdir())])
     ref = OnnxBackend.from_file(out, config)(pixels)
     assert compare(np.load(vectors), ref)["min_cosine"] > 0.9999
 
