@@ -152,6 +152,13 @@ def test_bad_images_skipped_and_small_class_reported(shapes_dir, tmp_path, capsy
     assert "not_an_image.jpg" in out and "truncated.png" in out
     assert "classes left out" in out and "rare: 2 usable images" in out
 
+    # Too many folds for every class: each reason is said once, then one line on why nothing can be scored.
+    assert main(["probe", str(data), "--features", "raw32", "--folds", "100"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("fewer than the 100 folds") == 5
+    assert err.strip().splitlines()[-1].endswith("fewer than 2 classes have enough usable images (5 left out, as "
+                                                 "listed above)")
+
 
 def test_train_val_layout(shapes_dir, held_back, tmp_path, capsys):
     data = tmp_path / "split"

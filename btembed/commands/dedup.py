@@ -39,5 +39,6 @@ def run(args) -> int:
             print(g[0].path)
             for h in g[1:]:
                 print(f"  {h.score:.4f}  {h.path}")
-    say(f"{len(groups)} groups of duplicates, {sum(len(g) for g in groups)} files (threshold {args.threshold})")
+    noun = "group" if len(groups) == 1 else "groups"
+    say(f"{len(groups)} {noun} of duplicates, {sum(len(g) for g in groups)} files (threshold {args.threshold})")
     return 0

@@ -85,8 +85,8 @@ def run(args) -> int:
     for name, reason in excluded.items():
         say(f"class {name!r} left out: {reason}")
     if len(classes) < 2:
-        raise BtembedError(f"{args.folder}: fewer than 2 classes have enough usable images "
-                           f"({', '.join(f'{k}: {v}' for k, v in excluded.items()) or 'one class only'})")
+        why = f"{len(excluded)} left out, as listed above" if excluded else "one class only"
+        raise BtembedError(f"{args.folder}: fewer than 2 classes have enough usable images ({why})")
     use = np.array([lab in classes for lab in labels], bool)
     index = {c: i for i, c in enumerate(classes)}
     x = features[use]
@@ -109,7 +109,8 @@ def run(args) -> int:
            "features": identity, **result.to_dict(), "saved": None}
     if args.save:
         doc["saved"] = str(save_classifier(args, x, y, train_mask, classes, config, identity, ref, doc))
-        say(f"classifier saved to {doc['saved']}")
+        left_out = f"; not in it, as not scored: {', '.join(map(repr, excluded))}" if excluded else ""
+        say(f"classifier saved to {doc['saved']} ({len(classes)} classes{left_out})")
     if args.json:
         print_json(doc)
     else:
