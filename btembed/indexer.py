@@ -259,6 +259,8 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
     # vanished ones, since a renamed file's vector lives in its old row.
     to_embed: list[str] = []
     hashes: dict[str, str] = {}
+    first_of: dict[tuple[int, str], str] = {}  # (size, hash) → the file of this run that will be embedded
+    copies: dict[str, str] = {}  # a later identical file of this run → that first one
     for start in range(0, len(todo), WRITE_BATCH):
         with catalog.transaction():
             for rel in todo[start:start + WRITE_BATCH]:
@@ -273,7 +275,10 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
                 if blob is not None:
                     catalog.put(rel, size, mtime, phash, gen, vector=blob)
                     report.reused += 1
+                elif (size, phash) in first_of:
+                    copies[rel] = first_of[size, phash]
                 else:
+                    first_of[size, phash] = rel
                     to_embed.append(rel)
                     hashes[rel] = phash
     if gone:
@@ -282,6 +287,8 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
 
     if to_embed:
         _embed(catalog, {rel: (*seen[rel][:3], hashes[rel]) for rel in to_embed}, ident, opts, gen, report)
+    if copies:
+        _copy_from_first(catalog, copies, seen, gen, report)
 
     report.total = catalog.count()
     report.failures = catalog.failures()
@@ -294,6 +301,21 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
 
         report.tier = (AnnIndex.read_header(store / "index.faiss") or {}).get("tier", "")
     return report
+
+
+def _copy_from_first(catalog: Catalog, copies: dict, seen: dict, gen: int, report: IndexReport) -> None:
+    """Give each identical copy met in this run the outcome of its first file (embedded once, not N times)."""
+    for start in range(0, len(copies), WRITE_BATCH):
+        with catalog.transaction():
+            for rel, first in list(copies.items())[start:start + WRITE_BATCH]:
+                _, size, mtime, _ = seen[rel]
+                row = catalog.conn.execute("SELECT phash, status, error, vector FROM files WHERE path = ?",
+                                           (first,)).fetchone()
+                if row is None:  # the first file was never embedded (interrupted): the next run does both
+                    continue
+                content, status, error, vector = row
+                catalog.put(rel, size, mtime, content, gen, vector=vector, error=error if status != "ok" else None)
+                report.reused += status == "ok"
 
 
 def _embed(catalog: Catalog, files: dict, ident: dict, opts: IndexOptions, gen: int, report: IndexReport) -> None:

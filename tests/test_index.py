@@ -101,6 +101,22 @@ def vector_of(folder, rel):
         catalog.close()
 
 
+def test_identical_new_files_are_embedded_once(folder, tiny_model_dir):
+    for i in range(3):
+        shutil.copy(folder / "astronaut.jpg", folder / f"astronaut-{i}.jpg")
+    (folder / "empty-1.jpg").write_bytes(b"")
+    (folder / "empty-2.jpg").write_bytes(b"")
+    for i in range(2):  # identical broken files: the copy gets the first one's error, not a second decode
+        (folder / f"broken-{i}.jpg").write_bytes(b"text, not a JPEG")
+    r = run_index(folder, tiny_model_dir)
+    assert (r.new, r.embedded, r.reused, r.failed, r.total) == (13, 6, 3, 4, 9)
+    errors = {f["path"]: f["error"] for f in r.failures}
+    assert errors["broken-1.jpg"] == errors["broken-0.jpg"] and errors["broken-0.jpg"]
+    want = vector_of(folder, "astronaut.jpg")
+    for i in range(3):
+        np.testing.assert_array_equal(vector_of(folder, f"astronaut-{i}.jpg"), want)
+
+
 def test_only_byte_identical_files_share_a_vector(tmp_path, tiny_model_dir):
     """Same size and same 64-KiB ends (video frames, scans) used to pass for a copy and reuse a wrong vector."""
     folder = tmp_path / "frames"
