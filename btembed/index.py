@@ -11,7 +11,7 @@ import numpy as np
 
 from .ann import AnnConfig, AnnIndex, build, needs_rebuild
 from .catalog import CATALOG_FILE, Catalog
-from .errors import CatalogError
+from .errors import CatalogError, ModelError
 from .lock import WriterLock
 
 STORE_DIR = ".btembed"
@@ -164,7 +164,12 @@ class ImageIndex:
             from .embedder import Embedder
 
             meta = self.catalog.meta()
-            self._embedder = Embedder.from_pretrained(meta.get("model_source"), revision=meta.get("model_revision"))
+            try:
+                self._embedder = Embedder.from_pretrained(meta.get("model_source"),
+                                                          revision=meta.get("model_revision"))
+            except ModelError as e:
+                raise ModelError(f"the model {self.root} was indexed with cannot be loaded any more ({e}); "
+                                 "re-index the folder with `btembed index --rebuild --model M`") from None
             sha = meta.get("model_sha256", "")
             got = self._embedder.config.files.get("model.safetensors", "")
             if sha and got and sha != got:

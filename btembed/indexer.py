@@ -11,7 +11,7 @@ from typing import Callable
 
 from .ann import AnnConfig, parse_size
 from .catalog import CATALOG_FILE, Catalog, DamagedCatalog, content_hash, set_aside
-from .errors import CatalogError
+from .errors import CatalogError, ModelError
 from .images import find_images
 from .index import index_is_current, locate_store, sync_ann
 from .lock import WriterLock
@@ -163,7 +163,14 @@ def _check_model(catalog: Catalog, opts: IndexOptions, say) -> dict:
     meta = catalog.meta()
     spec = opts.model if opts.model is not None else meta.get("model_source")
     revision = opts.revision if opts.model is not None else (opts.revision or meta.get("model_revision"))
-    ident = model_identity(spec, revision)
+    try:
+        ident = model_identity(spec, revision)
+    except ModelError as e:
+        if opts.model is not None:
+            raise
+        folder = meta.get("root") or catalog.path.parent
+        raise ModelError(f"the model {folder} was indexed with cannot be loaded any more ({e}); pass "
+                         "--model with the same weights, or --rebuild --model M to re-embed with another") from None
     if "dim" in meta and not _same_model(meta, ident):
         if not opts.rebuild:
             raise CatalogError(

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from btembed.catalog import Catalog
-from btembed.errors import CatalogError
+from btembed.errors import CatalogError, ModelError
 from btembed.index import INDEX_FILE, ImageIndex
 from btembed.indexer import IndexOptions, index_folder
 from btembed.lock import WriterLock
@@ -268,6 +268,19 @@ def test_other_model_refused_unless_rebuild(folder, tiny_model_dir, tmp_path):
     assert run_index(folder, other).embedded == 0
     # without --model, the model recorded in the catalog is used
     assert index_folder(folder, IndexOptions(workers=0)).unchanged == 6
+    # the recorded model moved away: both commands say it is the folder's model, and how to go on
+    moved = other.rename(tmp_path / "moved")
+    with pytest.raises(ModelError, match=f"the model {folder.resolve()} was indexed with cannot be loaded any "
+                                         "more .*pass --model with the same weights"):
+        index_folder(folder, IndexOptions(workers=0))
+    outside = shutil.copy(folder / "astronaut.jpg", tmp_path / "query.jpg")  # not in the index: needs the model
+    index = ImageIndex.open(folder)
+    try:
+        with pytest.raises(ModelError, match="was indexed with cannot be loaded any more .*--rebuild --model M"):
+            index.search(outside, k=1)
+    finally:
+        index.close()
+    assert index_folder(folder, IndexOptions(model=str(moved), workers=0)).unchanged == 6
 
 
 def test_db_elsewhere_and_stale_faiss_rebuilt(folder, tiny_model_dir, tmp_path):
