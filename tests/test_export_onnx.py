@@ -240,8 +240,14 @@ def test_auto_backend_choice():
 def test_precision_and_providers(tiny_model_dir):
     with pytest.raises(ModelError, match="bf16"):
         OnnxBackend(tiny_model_dir, ModelConfig.load(tiny_model_dir), precision="bf16")
-    with pytest.raises(ModelError, match="model.int8.onnx"):
+    with pytest.raises(ModelError, match=f"make one with `btembed export {tiny_model_dir} --onnx "):
         OnnxBackend(tiny_model_dir, ModelConfig.load(tiny_model_dir), precision="int8")
+    # the package's own model folder is not written into: the message says to copy it first
+    from btembed.hub import resolve_model
+
+    default = resolve_model(None)
+    with pytest.raises(ModelError, match=r"has no model.int8.onnx; copy the model folder somewhere of yours"):
+        OnnxBackend(default, ModelConfig.load(default), precision="int8")
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert pick_providers("auto", gpu) == gpu
     assert pick_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
