@@ -133,6 +133,11 @@ class ImageIndex:
         catalog = Catalog.open(store / CATALOG_FILE, read_only=True)
         if catalog.dim is None:
             raise CatalogError(f"{store} holds no indexed images yet; run `btembed index` on the folder first")
+        recorded = catalog.get("root")
+        if db is not None and recorded and Path(recorded) != Path(path).resolve():
+            catalog.close()
+            raise CatalogError(f"the index {store} belongs to folder {recorded}, not {path}; give that folder, or "
+                               "the --db this folder was indexed with")
         ann = None
         if index_is_current(catalog, store):
             try:

@@ -301,6 +301,8 @@ def test_db_elsewhere_and_stale_faiss_rebuilt(folder, tiny_model_dir, tmp_path):
         index.close()
     with pytest.raises(CatalogError, match="belongs to folder"):
         run_index(tmp_path, tiny_model_dir, db=str(db))
+    with pytest.raises(CatalogError, match=f"belongs to folder {folder.resolve()}, not {tmp_path}"):
+        ImageIndex.open(tmp_path, db=db)  # searching another folder with this --db would answer for the wrong one
 
 
 def test_second_writer_exits_clearly_and_stale_lock_is_taken_over(folder, tiny_model_dir):
