@@ -25,6 +25,12 @@ RELEASE_README = "facebookresearch/barlowtwins README, 'Pretrained Model' table"
 LINEAR = "linear classifier trained on the frozen trunk's features (ImageNet train), single 224 center crop"
 SEMI = "trunk and linear classifier fine-tuned with a fraction of the ImageNet train labels"
 
+# sha256 of the authors' released files (torch.hub resnet50.pth, full checkpoint.pth). Only a file whose hash is
+# listed here is presented as their release; none could be fetched from this offline machine, so whoever first
+# downloads them from the official links records their hashes here (a reviewed change), after which conversions of
+# those exact bytes carry the authors' name and figures without a caveat.
+OFFICIAL_SHA256: dict[str, str] = {}
+
 # Figures published by the authors for the official ResNet-50 (paper tables and the release README).
 REPORTED_METRICS = {
     "imagenet_linear_top1": {"value": 73.2, "unit": "%", "dataset": "ImageNet-1k val", "protocol": LINEAR,
@@ -161,13 +167,21 @@ def detect_architecture(state: dict) -> str:
 
 def official_config(arch: str, name: str, checkpoint: Path, facts: dict) -> ModelConfig:
     """The config of a converted folder: official preprocessing, licence, provenance, authors' figures."""
-    official = arch == "resnet50"  # the authors released a ResNet-50 only; their figures apply to nothing else
+    digest = sha256_file(checkpoint)
+    # The authors released a ResNet-50 only; their figures apply to nothing else, and to that only by its hash.
+    verified = arch == "resnet50" and digest in OFFICIAL_SHA256.values()
+    if verified:
+        origin = "the official Barlow Twins ResNet-50 release"
+    elif arch == "resnet50":
+        origin = "a ResNet-50 checkpoint in the official Barlow Twins layout, NOT verified as the authors' release"
+    else:
+        origin = f"a {arch} checkpoint in the official Barlow Twins layout"
     source = {
         "kind": "official-conversion",
-        "origin": ("the official Barlow Twins ResNet-50 release" if official else
-                   f"a {arch} checkpoint in the official Barlow Twins layout") + f", converted from {checkpoint.name}",
+        "origin": f"{origin}, converted from {checkpoint.name}",
         "checkpoint": checkpoint.name,
-        "checkpoint_sha256": sha256_file(checkpoint),
+        "checkpoint_sha256": digest,
+        "verified_official": verified,
         "layout": facts["layout"],
         "reference": PAPER,
         "repo_id": name,
@@ -176,15 +190,23 @@ def official_config(arch: str, name: str, checkpoint: Path, facts: dict) -> Mode
         source["dropped"] = facts["dropped"]  # projector / bn are training-only heads
     if "epoch" in facts:
         source["epoch"] = facts["epoch"]
-    if official:
-        source["reported_for"] = "the official ResNet-50 release (1000 epochs, batch 2048)"
+    if arch == "resnet50":
         source["reported_metrics"] = REPORTED_METRICS
-        source["description"] = (
-            "The official Barlow Twins ResNet-50 (Zbontar et al. 2021) released by the authors, converted to "
-            "btembed's model folder: the torchvision trunk's weights copied bit for bit into safetensors; its "
-            "2048-d global-pooled features are the embedding.")
+        if verified:
+            source["reported_for"] = "the official ResNet-50 release (1000 epochs, batch 2048)"
+            source["description"] = (
+                "The official Barlow Twins ResNet-50 (Zbontar et al. 2021) released by the authors, converted to "
+                "btembed's model folder: the torchvision trunk's weights copied bit for bit into safetensors; its "
+                "2048-d global-pooled features are the embedding.")
+        else:
+            source["reported_for"] = (
+                f"their official ResNet-50 release; this file (sha256 {digest}) is not a known hash of that release "
+                "(hub/convert.py OFFICIAL_SHA256), so these figures may not describe it")
+            source["description"] = (
+                "A ResNet-50 in the layout of the official Barlow Twins release, converted to btembed's model folder "
+                "(weights copied bit for bit). Its bytes are not verified to be the authors' release.")
     return ModelConfig(architecture=arch, name=name, license=OFFICIAL_LICENSE, preprocess=OFFICIAL_PREPROCESS,
-                       source=source, training=dict(OFFICIAL_TRAINING) if official else {})
+                       source=source, training=dict(OFFICIAL_TRAINING) if verified else {})
 
 
 def convert_official(checkpoint: str | Path, out: str | Path, *, name: str | None = None,

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from btembed.card import parse_card
 from btembed.config import ModelConfig
 from hub.__main__ import main as hub_main
+from btembed.hub import sha256_file
 from hub.convert import ConvertError, convert_official, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,11 +75,16 @@ def assert_bit_exact(folder: Path, state: dict) -> None:
         assert torch.equal(got[key], want), key
 
 
-def convert_hub_layout(tmp_path, architecture: str, out: str):
-    """Save a random trunk as the torch.hub resnet50.pth layout, convert it, check it is bit-exact."""
+def convert_hub_layout(tmp_path, architecture: str, out: str, official_hashes=None):
+    """Save a random trunk as the torch.hub resnet50.pth layout, convert it, check it is bit-exact.
+
+    official_hashes: pretend these files' hashes are the authors' (a list to which the saved file's is added).
+    """
     state = trunk_state(architecture)
     ckpt = tmp_path / "resnet50.pth"
     torch.save(state, ckpt)
+    if official_hashes is not None:
+        official_hashes["resnet50.pth"] = sha256_file(ckpt)
     folder = convert_official(ckpt, tmp_path / out, onnx=False)
     assert_bit_exact(folder, state)
     return state, folder, ModelConfig.load(folder)
@@ -126,8 +132,12 @@ def test_full_checkpoint_converts_bit_exact_with_onnx(tmp_path, monkeypatch):
     assert onnx_parity(folder)["max_relative_diff"] < 1e-4
 
 
-def test_resnet50_card_carries_authors_figures_clearly_marked(tmp_path):
-    _, folder, config = convert_hub_layout(tmp_path, "resnet50", "barlowtwins-r50")
+def test_resnet50_card_carries_authors_figures_clearly_marked(tmp_path, monkeypatch):
+    official = {}
+    monkeypatch.setattr("hub.convert.OFFICIAL_SHA256", official)
+    _, folder, config = convert_hub_layout(tmp_path, "resnet50", "barlowtwins-r50", official_hashes=official)
+    assert config.source["verified_official"] is True
+    assert config.source["origin"].startswith("the official Barlow Twins ResNet-50 release")
     assert config.architecture == "resnet50" and config.embedding_dim == 2048
     assert config.metrics == {}  # nothing measured by us
     assert config.source["reported_metrics"]["imagenet_linear_top1"]["value"] == 73.2
@@ -141,6 +151,17 @@ def test_resnet50_card_carries_authors_figures_clearly_marked(tmp_path):
     assert "did not reproduce them" in reported
     assert "1000" in body and "16 V100" in body  # how it was trained, as the authors state it
     assert config.source["checkpoint_sha256"] in json.dumps(config.to_dict())
+
+
+def test_a_resnet50_of_unknown_bytes_is_not_presented_as_the_authors_release(tmp_path):
+    """Any fc-less ResNet-50 fits the layout: only the file's hash can say it is the official one."""
+    _, folder, config = convert_hub_layout(tmp_path, "resnet50", "someones-r50")
+    digest = config.source["checkpoint_sha256"]
+    assert config.source["verified_official"] is False and config.training == {}
+    assert "NOT verified as the authors' release" in config.source["origin"]
+    card = (folder / "README.md").read_text()
+    assert "released by the authors" not in card and "16 V100" not in card
+    assert f"this file (sha256 {digest}) is not a known hash of that release" in card
 
 
 class Payload:
