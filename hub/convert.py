@@ -93,6 +93,8 @@ def load_checkpoint(path: str | Path):
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise ConvertError(f"{path} is a folder; give the checkpoint file (resnet50.pth or checkpoint.pth)")
     if not path.is_file():
         raise ConvertError(f"checkpoint {path} does not exist")
     allowed = [(_stand_in_filter, name) for name in _FILTER_NAMES]
@@ -109,7 +111,7 @@ def load_checkpoint(path: str | Path):
         raise ConvertError(f"{path} holds pickled Python objects other than tensors and was refused unread "
                            f"({why}; loading it could run code); use the official file or re-save the "
                            "weights as a plain state dict") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # foreign bytes make torch's unpickler fail with any of a dozen exception types
         raise ConvertError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
 

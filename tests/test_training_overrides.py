@@ -32,7 +32,7 @@ def test_list_overrides_parse(override, key, want):
     ("crop_scale={a: 1}", "config key crop_scale must be a list of numbers"),
     ("crop_scale=0.2,1.0,3", "config key crop_scale needs 2 values"),
     ("mean=[0.5]", "config key mean needs 3 values"),
-    ("epochs=true", "config key epochs must be a int"),
+    ("epochs=true", "config key epochs must be an int"),
     ("export_interpolation=cubic", "export_interpolation must be one of nearest, bilinear, bicubic"),
 ])
 def test_bad_list_overrides_are_one_clear_line(override, message, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """Units of training/: loss formula, LARS and schedule, config, augmentation seeding, sampler, health, r50 step."""
 import math
+import os
+import re
 
 import numpy as np
 import pytest
@@ -106,9 +108,48 @@ def test_recipes_load_and_overrides_are_typed():
     assert (c.batch_size, c.projector, c.amp, c.lr_weights) == (64, [32, 32], "none", 1.0)
     with pytest.raises(ConfigError, match="unknown config key"):
         apply_overrides(paper, ["batchsize=64"])
-    with pytest.raises(ConfigError, match="batch_size must be a int"):
+    with pytest.raises(ConfigError, match="batch_size must be an int"):
         apply_overrides(paper, ["batch_size=big"])
     assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("override, message", [
+    ("log_every=0", "log_every must be at least 1, not 0"),  # was a ZeroDivisionError after step 1
+    ("monitor_every=0", "monitor_every must be at least 1"),
+    ("num_workers=-1", "num_workers must be at least 0"),
+    ("image_size=0", "image_size must be at least 8"),
+    ("max_steps=-3", "max_steps must be at least 0"),
+    ("lr_weights=-1", "lr_weights must be 0 or more"),  # trained with a negative lr before
+    ("crop_scale=[1.0,0.2]", "0 < smallest <= largest <= 1"),
+    ("local_scale=[0,0.2]", "0 < smallest <= largest <= 1"),
+])
+def test_values_out_of_range_are_refused_up_front(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        apply_overrides(load_recipe("cpu-tiny"), [override])
+
+
+def test_an_unreadable_checkpoint_is_one_clear_error(tmp_path):
+    from training.checkpoint import load_checkpoint
+
+    for junk in (b"hello\n", os.urandom(200), b""):
+        (tmp_path / "checkpoint.pt").write_bytes(junk)
+        with pytest.raises(ConfigError, match="is not a readable training checkpoint .*move it away"):
+            load_checkpoint(tmp_path)
+    torch.save(torch.zeros(2), tmp_path / "checkpoint.pt")  # a torch file, not one of ours
+    with pytest.raises(ConfigError, match="is not a btembed training checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_device_names_are_checked(monkeypatch):
+    from btembed.errors import BtembedError
+    from training.distributed import setup
+
+    with pytest.raises(BtembedError, match="device must be auto, cpu, cuda or cuda:N, not 'gpu'"):
+        setup("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BtembedError, match="device cuda:1 was asked for, but torch sees no GPU"):
+        setup("cuda:1")
+    assert setup("cpu").device == torch.device("cpu")
 
 
 def _photo_files(tmp_path, n=6):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import secrets
 from pathlib import Path
@@ -77,7 +78,21 @@ def load_checkpoint(run_dir: str | Path, map_location="cpu") -> dict | None:
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         return None
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch's unpickler fails on foreign bytes with any of a dozen exception types
+        # Truncated, overwritten or foreign bytes: say so in one line (torch's own text would suggest
+        # weights_only=False, i.e. running whatever code the file holds).
+        if isinstance(e, pickle.UnpicklingError):  # torch's text here advises weights_only=False: not ours to say
+            first = "not tensors-only torch data"
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise ConfigError(f"{path} is not a readable training checkpoint ({first[:160]}); move it away to start "
+                          "the run over, or point --out at another folder") from None
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"{path} is not a btembed training checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
 
 
 def init_weights(model: torch.nn.Module, config) -> dict:

@@ -122,6 +122,25 @@ class TrainConfig:
             for name in names:
                 if len(getattr(self, name)) != n:
                     raise ConfigError(f"config key {name} needs {n} values, got {list(getattr(self, name))}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Values that would otherwise fail deep inside a step (or train nonsense) are refused up front."""
+        at_least = {"log_every": 1, "monitor_every": 1, "monitor_k": 1, "image_size": 8, "rankme_samples": 2,
+                    "num_workers": 0, "max_steps": 0, "checkpoint_every": 0, "decode_size": 0,
+                    "export_input_size": 0, "export_resize_size": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be at least {low}, not {getattr(self, name)}")
+        for name in ("lr_weights", "lr_biases", "weight_decay", "momentum", "lars_eta", "warmup_epochs",
+                     "final_lr_ratio", "lambd"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        for name in ("crop_scale", "local_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise ConfigError(f"{name} is (smallest, largest) crop area as fractions of the image, "
+                                  f"0 < smallest <= largest <= 1; got {list(getattr(self, name))}")
 
     @property
     def embedding_dim(self) -> int:
@@ -170,7 +189,8 @@ def _coerce(f, value):
         if kind == "str":
             return "" if value is None else str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"config key {name} must be a {kind}, got {value!r}") from None
+        article = "an" if kind == "int" else "a"
+        raise ConfigError(f"config key {name} must be {article} {kind}, got {value!r}") from None
     if kind in ("tuple", "list"):
         # tuple fields hold numbers (crop_scale, mean, ...), the list field holds layer widths (projector).
         item, convert = ("number", _number) if kind == "tuple" else ("integer", _integer)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,10 +34,14 @@ def setup(device: str = "auto") -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise BtembedError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for, but torch sees no GPU")
-    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+        raise BtembedError(f"device {device} was asked for, but torch sees no GPU; use --device cpu (or auto)")
+    # Under torchrun each process takes the GPU of its local rank; a single process may name one (cuda:N).
+    index = int(device.split(":")[1]) if ":" in device and world == 1 else local
+    dev = torch.device(f"cuda:{index}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
