@@ -189,6 +189,15 @@ def test_sigterm_checkpoints_then_resumes(tiny_data, tmp_path):
     # A different recipe setting on the same run folder is refused with one clear line.
     refused = run(["fit", *args, "lr_weights=0.5", "--data", str(photos), "--out", str(out)])
     assert refused.returncode == 1 and "lr_weights" in refused.stderr and "Traceback" not in refused.stderr
+    # Other images (as many, so the same steps per epoch) are refused; the same names in a moved copy resume.
+    moved = tmp_path / "moved"
+    shutil.copytree(photos, moved)
+    resumed = run(["fit", "--data", str(moved), "--out", str(out), f"max_steps={stopped + 2}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    first = sorted(moved.rglob("*.jpg"))[0]
+    first.rename(first.with_name("renamed.jpg"))
+    other = run(["fit", "--data", str(moved), "--out", str(out), f"max_steps={stopped + 3}"])
+    assert other.returncode == 1 and "holds other files" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_a_run_that_raises_exits_with_its_loader_workers(tiny_data, tmp_path):

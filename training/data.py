@@ -1,6 +1,7 @@
 """Unlabeled image folder → pairs of augmented views (the paper's asymmetric pipeline), resumable sampling."""
 from __future__ import annotations
 
+import hashlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,6 +67,14 @@ def _augment(config: TrainConfig, size: int, scale, blur_p: float, solarize_p: f
         v2.RandomSolarize(threshold=128, p=solarize_p),
         v2.PILToTensor(),
     ])
+
+
+def file_list_digest(root: Path, files: list) -> str:
+    """blake2b of the sorted relative file names: which images a run trains on, cheap even for ImageNet."""
+    h = hashlib.blake2b(digest_size=16)
+    for f in files:
+        h.update(Path(f).relative_to(root).as_posix().encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -16,7 +16,7 @@ from .budget import BudgetTimer, agree, fitted_steps, timing_window
 from .checkpoint import (describe_init, init_weights, load_checkpoint, remove_stale_temp_files, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import ConfigError, TrainConfig
-from .data import DataError, list_images, make_loader, normalize_views, steps_per_epoch, stop_loader_workers
+from .data import DataError, file_list_digest, list_images, make_loader, normalize_views, steps_per_epoch, stop_loader_workers
 from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, stop_together, teardown
 from .lars import LARS, lr_scale, param_groups, set_lr
 from .loss import BarlowTwinsLoss
@@ -125,6 +125,7 @@ class Trainer:
         self.checkpoint = checkpoint
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.files = list_images(self.data)
+        self.files_digest = file_list_digest(self.data, self.files)
         self._build()
 
     def _build(self):
@@ -187,6 +188,7 @@ class Trainer:
             raise DataError(f"{self.data} now gives {self.steps_per_epoch} steps per epoch, the run in "
                             f"{self.run_dir} had {ck['steps_per_epoch']}; the data changed, so resume "
                             "cannot continue the same schedule (pass a new --out)")
+        self._check_same_images(ck["data"])
         self.step = ck["step"]
         self.bad_files, self.bad_examples = ck["data"]["bad_files"], list(ck["data"]["bad_examples"])
         self.elapsed = ck["elapsed_s"]
@@ -194,6 +196,17 @@ class Trainer:
         self.init = dict(ck.get("init", {}))
         states = ck["rng"]
         set_rng_state(states[self.rt.rank % len(states)])
+
+    def _check_same_images(self, recorded: dict) -> None:
+        """A resume must see the images the run started on: the sampler's indexes point into this file list."""
+        if "files_digest" in recorded:  # a moved or copied folder with the same file names resumes
+            same = recorded["files_digest"] == self.files_digest
+        else:  # checkpoints from before the digest: the folder itself must be the same
+            same = recorded["path"] == str(self.data.resolve())
+        if not same:
+            raise DataError(f"{self.run_dir} was trained on the images under {recorded['path']}; {self.data} holds "
+                            "other files, so resuming would continue the schedule on different data. Pass the "
+                            "original --data, or a new --out to start a run on this folder")
 
     def state(self, finished: bool = False) -> dict:
         """Everything needed to continue exactly here (tensors and primitives only)."""
@@ -210,6 +223,7 @@ class Trainer:
             "elapsed_s": self.elapsed,
             "metrics": self.last_metrics, "init": self.init,
             "data": {"path": str(self.data.resolve()), "images": len(self.files), "repeats": self.config.repeats,
+                     "files_digest": self.files_digest,
                      "bad_files": self.bad_files, "bad_examples": self.bad_examples[:20]},
         }
 
