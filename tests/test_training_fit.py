@@ -402,3 +402,16 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     assert registered["metrics"]["dev/labeled/model/linear_top1"]["value"] == round(seed0[0]["linear_top1"], 4)
     # A run and --recard together, or neither, is a usage error.
     assert run(["--eval", str(evaluation)], module="training.ship_default").returncode == 2
+
+
+def test_a_batch_left_with_one_readable_image_stops_with_one_line(tmp_path):
+    """BatchNorm and the loss need two images; a batch of one used to end in a torch traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(data / "good.png")
+    for i in range(3):
+        (data / f"bad{i}.jpg").write_text("not an image")
+    proc = run(["fit", "--recipe", "cpu-tiny", "--data", str(data), "--out", str(tmp_path / "run"), "batch_size=4",
+                "max_steps=1", "num_workers=0"])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "had a single readable image" in proc.stderr

@@ -354,6 +354,9 @@ class Trainer:
                 if views is None:
                     error = DataError(f"a whole batch of files under {self.data} was unreadable "
                                       f"(e.g. {bad[0][0]}: {bad[0][1]}); clean the folder")
+                elif len(views[0]) < 2:  # BatchNorm and the loss standardize along the batch: one image is none
+                    error = DataError(f"a batch of files under {self.data} had a single readable image (e.g. "
+                                      f"{bad[0][0]}: {bad[0][1]}); clean the folder")
             failed, n_bad = self._agree_on_batch(error is not None, bad)
             if error is not None:
                 raise error
