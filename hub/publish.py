@@ -83,6 +83,8 @@ def _check_card(v: Validation, config: ModelConfig) -> None:
                "'metrics' and re-render the card")
     elif "## Metrics" not in body or "| metric |" not in body:
         v.fail("README.md has no metrics table; re-render the card from config.json")
+    elif missing := [k for k in {**(reported or {}), **config.metrics} if k not in body]:
+        v.fail(f"README.md does not show {', '.join(missing)} from config.json; re-render the card (or add them)")
     else:
         v.ok("model card lists metrics" + ("" if config.metrics else " (reported by the original authors)"))
 

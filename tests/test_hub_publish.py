@@ -151,6 +151,17 @@ def test_validation_collects_every_problem(tmp_path):
     assert any("does not match the sha256" in p for p in v.problems)
 
 
+def test_a_card_behind_config_metrics_is_refused(publishable, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(publishable, tmp_path / "behind"))
+    config = ModelConfig.load(folder)
+    config.metrics["linear_top1_mine"] = {"value": 0.5, "dataset": "mine", "protocol": "linear"}
+    config.save(folder)  # the card was rendered before this metric
+    v = validate(folder, export_missing_onnx=False)
+    assert any("README.md does not show linear_top1_mine from config.json" in p for p in v.problems), v.problems
+
+
 def test_publish_cli_refuses_unfit_folder_in_one_line(tmp_path):
     folder = make_model_dir(tmp_path / "raw", seed=3)
     proc = subprocess.run([sys.executable, "-m", "hub", "publish", str(folder), "--repo", "org/x", "--dry-run",

@@ -29,7 +29,7 @@ def state(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_record_refuses_shared_copies(tiny_model_dir, labeled, tmp_path, monkeypatch):
+def test_record_refuses_shared_copies(tiny_model_dir, labeled, tmp_path, monkeypatch, capsys):
     snapshot = Path(shutil.copytree(tiny_model_dir, tmp_path / "hub" / "models--org--m" / "snapshots" / "abc123"))
     embedded = Path(shutil.copytree(tiny_model_dir, tmp_path / "package" / "weights" / "tiny"))
     monkeypatch.setattr("btembed.hub.embedded_dir", lambda: tmp_path / "package" / "weights")
@@ -43,3 +43,9 @@ def test_record_refuses_shared_copies(tiny_model_dir, labeled, tmp_path, monkeyp
     own = Path(shutil.copytree(tiny_model_dir, tmp_path / "own"))
     linear_eval(str(own), labeled, config=FAST, device="cpu", record=True)
     assert "linear_top1_labeled" in ModelConfig.load(own).metrics
+    assert "| linear_top1_labeled |" in (own / "README.md").read_text()  # the generated card follows
+    # A card written by hand is left to its author, who is told what to add.
+    (own / "README.md").write_text("# my own card\n")
+    linear_eval(str(own), labeled, config=FAST, device="cpu", record=True)
+    assert (own / "README.md").read_text() == "# my own card\n"
+    assert "add linear_top1_labeled to it before publishing" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -187,10 +188,19 @@ def _record_folder(model) -> Path:
 
 
 def _record(folder: Path, result: dict) -> None:
-    """Add the result to the model folder's config.json metrics (weights and their hashes stay untouched)."""
+    """Add the result to config.json's metrics and to a generated card (weights and their hashes stay untouched)."""
+    from btembed.card import render_card
+
     mc = ModelConfig.load(folder)
+    card = folder / "README.md"
+    generated = card.is_file() and card.read_text() == render_card(mc)
     name = Path(result["data"]).name
     mc.metrics[f"linear_top1_{name}"] = {"value": round(result["top1"], 4), "dataset": result["data"],
                                          "protocol": f"{result['protocol']}, {result['config']['epochs']} epochs"}
     mc.save(folder)
+    if generated:
+        card.write_text(render_card(mc))
+    elif card.is_file():  # a hand-written or custom card is the author's to edit
+        print(f"note: {card} was not generated from config.json, so it was left as it is; add "
+              f"linear_top1_{name} to it before publishing", file=sys.stderr)
 
