@@ -200,6 +200,21 @@ def test_sigterm_checkpoints_then_resumes(tiny_data, tmp_path):
     assert other.returncode == 1 and "holds other files" in other.stderr and "Traceback" not in other.stderr
 
 
+def test_ctrl_c_checkpoints_the_step_in_flight(tiny_data, tmp_path):
+    """Ctrl-C reaches the whole process group (loader workers too): the run saves its step and exits 130."""
+    photos, _ = tiny_data
+    out = tmp_path / "ctrl-c"
+    with _fit_process("--recipe", "cpu-tiny", "epochs=50", "checkpoint_every=1000", "num_workers=2",
+                      "--data", str(photos), "--out", str(out)) as proc:
+        _wait_for_step(out, proc, 2)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "stopped by SIGINT" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["step"] >= 2 and ck["step"] == max(losses(out))
+
+
 def test_a_run_that_raises_exits_with_its_loader_workers(tiny_data, tmp_path):
     """An unexpected error mid-run (here: the metrics log turned into a folder) ends the process with its traceback.
 

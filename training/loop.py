@@ -27,11 +27,12 @@ from .model import BarlowTwins
 RUNTIME_KEYS = {"num_workers", "decode_cache", "log_every", "checkpoint_every", "max_steps", "compile", "monitor_data",
                 "monitor_every", "monitor_k", "description", "export_input_size", "export_resize_size",
                 "export_interpolation", "alarm_std", "alarm_rank", "rankme_samples"}
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Ctrl-C too: it checkpoints the step in flight instead of losing everything since the last checkpoint.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Interrupted(Exception):
-    """Training stopped on SIGTERM/SIGUSR1 after writing a checkpoint."""
+    """Training stopped on SIGTERM/SIGUSR1/SIGINT after writing a checkpoint."""
 
     def __init__(self, signum: int, step: int):
         self.signum, self.step = signum, step
@@ -67,7 +68,7 @@ def resume_config(new: TrainConfig | None, saved: dict, run_dir: Path) -> TrainC
 
 
 class _StopFlag:
-    """Turns SIGTERM/SIGUSR1 into a flag the loop checks between steps."""
+    """Turns SIGTERM/SIGUSR1/SIGINT into a flag the loop checks between steps."""
 
     def __init__(self):
         self.signum = 0
@@ -80,6 +81,11 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         self.signum = signum
+        if signum == signal.SIGINT:
+            # A second Ctrl-C quits at once (KeyboardInterrupt), for whoever cannot wait for the step to end.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print("\nCtrl-C: stopping after this step with a checkpoint; press Ctrl-C again to quit without one",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -95,7 +101,7 @@ class _StopFlag:
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGUSR1 to the main process, which checkpoints and shuts them down."""
+    """DataLoader workers leave SIGTERM/SIGUSR1/SIGINT to the main process, which checkpoints and stops them."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
 
