@@ -249,8 +249,16 @@ def publish(folder: str | Path, repo_id: str, *, revision: str | None = None, ta
             dry_run: bool = False, name: str | None = None, export_missing_onnx: bool = True,
             private: bool = False, out=None) -> dict | None:
     """Validate, then (unless dry_run) upload and return the registry entry {name: entry} to add."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     from .registry_tools import entry_from_folder
 
+    try:  # before the slow checks and the ONNX export, not at upload time after them
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("it needs the owner too")
+    except HFValidationError as e:
+        raise PublishError(f"--repo {repo_id!r} is not a Hub repo id ORG/NAME ({str(e).splitlines()[0]})") from None
     folder = Path(folder)
     # the file list is a dry run's result (stdout); for a real upload stdout carries only the registry entry
     out = out or (sys.stdout if dry_run else sys.stderr)

@@ -13,7 +13,7 @@ from btembed.card import parse_card, render_card
 from btembed.config import ModelConfig
 from conftest import make_model_dir
 from hub.__main__ import main as hub_main
-from hub.publish import PublishError, add_onnx, validate
+from hub.publish import PublishError, add_onnx, publish, validate
 from hub.registry_tools import (REGISTRY_PATH, RegistryError, check_registry, entry_from_folder, read_registry,
                                 set_entry)
 
@@ -160,6 +160,13 @@ def test_a_card_behind_config_metrics_is_refused(publishable, tmp_path):
     config.save(folder)  # the card was rendered before this metric
     v = validate(folder, export_missing_onnx=False)
     assert any("README.md does not show linear_top1_mine from config.json" in p for p in v.problems), v.problems
+
+
+@pytest.mark.parametrize("repo", ["not a repo id", "justname", "org/na me"])
+def test_a_bad_repo_id_is_refused_before_any_check(publishable, repo, monkeypatch):
+    monkeypatch.setattr("hub.publish.validate", lambda *a, **k: pytest.fail("validated a folder for a bad repo id"))
+    with pytest.raises(PublishError, match="is not a Hub repo id ORG/NAME"):
+        publish(publishable, repo, dry_run=True)
 
 
 def test_publish_cli_refuses_unfit_folder_in_one_line(tmp_path):
