@@ -329,3 +329,38 @@ def test_resume_keeps_the_schedule_a_time_budget_decided(tmp_path):
         resume_config(again.replace(schedule_steps=20), saved, tmp_path)
     with pytest.raises(ConfigError, match="time_budget and schedule_steps must be 0"):
         again.replace(time_budget=-1)
+
+
+def test_command_line_mistakes_are_one_line_errors(tmp_path, capsys):
+    """Each of these ended in a traceback (or ran on silently) before."""
+    from training.__main__ import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in _photo_files(tmp_path, n=10):
+        path.rename(photos / path.name)
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "broken.yaml").write_text("a: [1,\n")
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "odd-run").mkdir()
+    (tmp_path / "odd-run" / "metrics.jsonl").write_text("not json\n")
+    cases = [
+        (["fit", "--recipe", str(tmp_path / "empty.yaml")], "empty.yaml is empty; a recipe lists its config keys"),
+        (["fit", "--recipe", str(tmp_path / "broken.yaml")], "broken.yaml is not valid YAML at line 2, column 1"),
+        (["fit", "--recipe", "cpu-tiny", "--out", str(tmp_path / "a-file")], "is a file; give a folder for the run"),
+        (["fit", "--recipe", "cpu-tiny", "--out", str(tmp_path / "odd-run")], "line 1 is not a JSON record"),
+        (["linear-eval", "m", "--data", str(photos), "--device", "gpu"], "device must be auto, cpu, cuda or cuda:N"),
+    ]
+    for argv, message in cases:
+        if argv[0] == "fit" and "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / "run")]
+        argv = [*argv, "--data", str(photos)] if argv[0] == "fit" else argv
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    for argv, message in ((["--val-fraction", "1"], "must be between 0 and 1"),
+                          (["--epochs", "0"], "--epochs: must be at least 1"),
+                          (["--workers", "-1"], "--workers: must be at least 0")):
+        with pytest.raises(SystemExit):
+            main(["linear-eval", "m", "--data", str(photos), *argv])
+        assert message in capsys.readouterr().err

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 
+from btembed.commands import count_at_least
 from btembed.errors import BtembedError
 from btembed.preprocess import INTERPOLATIONS
 
@@ -61,6 +62,17 @@ def _linear_eval(args) -> int:
     return 0
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of python -m training."""
     p = argparse.ArgumentParser(prog="python -m training", description="Barlow Twins training for btembed.")
@@ -93,12 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("model", help="model folder, registry name or hub repo")
     le.add_argument("--data", required=True, help="labeled folder: class subfolders, or train/ and val/ inside")
     le.add_argument("--val", help="separate labeled validation folder")
-    le.add_argument("--epochs", type=int, default=100)
-    le.add_argument("--batch-size", type=int, default=256)
+    le.add_argument("--epochs", type=count_at_least(1), default=100)
+    le.add_argument("--batch-size", type=count_at_least(1), default=256)
     le.add_argument("--lr", type=float, default=0.3)
     le.add_argument("--weight-decay", type=float, default=1e-6)
-    le.add_argument("--workers", type=int, default=4)
-    le.add_argument("--val-fraction", type=float, default=0.2,
+    le.add_argument("--workers", type=count_at_least(0), default=4)
+    le.add_argument("--val-fraction", type=fraction, default=0.2,
                     help="held-out fraction per class when there is no val/ folder")
     le.add_argument("--no-augment", action="store_true",
                     help="center crops only, features computed once (fast; not the paper protocol)")

@@ -246,9 +246,13 @@ def load_recipe(name_or_path: str) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"no recipe {name_or_path!r}: not a YAML file, and not one of {', '.join(recipe_names())}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({e})") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    if data is None:  # an empty file would silently mean the ImageNet ResNet-50 defaults
+        raise ConfigError(f"{path} is empty; a recipe lists its config keys (see training/recipes/cpu-tiny.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a mapping of config keys")
     data.setdefault("recipe", path.stem)

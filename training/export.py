@@ -89,6 +89,8 @@ def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: st
     input_size/resize_size/interpolation override the recipe's export_* preprocessing (a CNN trained on
     random-resized crops often embeds best somewhat above its training resolution; measure it on a dev set).
     """
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the model (config.json, model.safetensors)")
     ck = load_checkpoint(run_dir)
     if ck is None:
         raise ConfigError(f"{run_dir} has no {CHECKPOINT}; pass the --out folder of a training run")
@@ -121,4 +123,6 @@ def describe(folder: str | Path) -> str:
     """A one-line summary of an exported model folder."""
     cfg = json.loads((Path(folder) / "config.json").read_text())
     t = cfg.get("training", {})
-    return f"{folder}: {cfg['architecture']} {cfg['embedding_dim']}-d, recipe {t.get('recipe')}, {t.get('steps')} steps"
+    unfinished = "" if t.get("finished", True) else " (the schedule was NOT completed: an intermediate model)"
+    return (f"{folder}: {cfg['architecture']} {cfg['embedding_dim']}-d, recipe {t.get('recipe')}, {t.get('steps')} "
+            f"steps{unfinished}")

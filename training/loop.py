@@ -123,6 +123,8 @@ class Trainer:
                  progress: bool | None = None):
         self.rt: Runtime = setup(device)
         self.run_dir = Path(out)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder for the run (checkpoint.pt, metrics.jsonl)")
         self.data = Path(data)
         checkpoint = load_checkpoint(self.run_dir)
         if checkpoint is None and config is None:

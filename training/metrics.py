@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .config import ConfigError
+
 METRICS = "metrics.jsonl"
 
 
@@ -47,8 +49,17 @@ class HealthLog:
         """Drop records after `step` (left by a run that died after its last checkpoint)."""
         if self.path is None or not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = []
+        for number, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{self.path} line {number} is not a JSON record; this --out folder holds "
+                                  "something else than this run's log (pass another --out)") from None
+            if record.get("step", 0) <= step:
+                keep.append(line)
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def update(self, loss: float, parts: dict, z: torch.Tensor, features: torch.Tensor, samples: int,
