@@ -312,9 +312,10 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
 
 def _copy_from_first(catalog: Catalog, copies: dict, seen: dict, gen: int, report: IndexReport) -> None:
     """Give each identical copy met in this run the outcome of its first file (embedded once, not N times)."""
-    for start in range(0, len(copies), WRITE_BATCH):
+    pairs = list(copies.items())
+    for start in range(0, len(pairs), WRITE_BATCH):
         with catalog.transaction():
-            for rel, first in list(copies.items())[start:start + WRITE_BATCH]:
+            for rel, first in pairs[start:start + WRITE_BATCH]:
                 _, size, mtime, _ = seen[rel]
                 row = catalog.conn.execute("SELECT phash, status, error, vector FROM files WHERE path = ?",
                                            (first,)).fetchone()
