@@ -124,8 +124,8 @@ class Catalog:
         elif int(version) > SCHEMA_VERSION:
             raise CatalogError(f"{path} was written by a newer btembed (schema {version}); upgrade btembed")
         if catalog.get("hash_kind") != HASH_KIND:
-            # Older partial hashes cannot vouch for identical bytes: forget them (those files are hashed again
-            # when they change; until then they are no source of reused vectors).
+            # Older partial hashes cannot vouch for identical bytes: forget them (the indexer hashes those
+            # unchanged files in full on its next run, without re-embedding them).
             with catalog.transaction():
                 catalog.conn.execute("UPDATE files SET phash = NULL")
             catalog.set_many({"hash_kind": HASH_KIND})

@@ -247,11 +247,14 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
             continue
         seen[rel] = (path, *_stat(path))
     todo = []
+    unhashed = []  # unchanged good files whose hash an older catalog held only partially (forgotten on upgrade)
     for rel, (path, size, mtime, err) in seen.items():
         row = rows.get(rel)
         if row is not None and (row.size, row.mtime_ns) == (size, mtime) and (
                 row.status == "ok" or not opts.retry_errors):
             report.unchanged += row.status == "ok"
+            if row.status == "ok" and row.phash is None and size:
+                unhashed.append(rel)
             continue
         if row is None:
             report.new += 1
@@ -260,6 +263,8 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
         todo.append(rel)
     gone = [row.id for rel, row in rows.items() if rel not in seen]
     report.deleted = len(gone)
+
+    _hash_unchanged(catalog, unhashed, seen)
 
     gen = catalog.bump_generation() if todo or gone else catalog.generation
     # Hash new/changed files and reuse vectors of identical files (copies, renames) before forgetting the
@@ -308,6 +313,17 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
 
         report.tier = (AnnIndex.read_header(store / "index.faiss") or {}).get("tier", "")
     return report
+
+
+def _hash_unchanged(catalog: Catalog, rels: list, seen: dict) -> None:
+    """Hash good files that have none yet (once, after an upgrade), so they serve as copies' sources again."""
+    for start in range(0, len(rels), WRITE_BATCH):
+        with catalog.transaction():
+            for rel in rels[start:start + WRITE_BATCH]:
+                path, size, _, _ = seen[rel]
+                content, err = _hash(path, size)
+                if err is None:  # vectors and generations stay: nothing about the file itself changed
+                    catalog.conn.execute("UPDATE files SET phash = ? WHERE path = ?", (content, rel))
 
 
 def _copy_from_first(catalog: Catalog, copies: dict, seen: dict, gen: int, report: IndexReport) -> None:
