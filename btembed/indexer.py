@@ -48,6 +48,7 @@ class IndexReport:
     total: int = 0
     new: int = 0
     updated: int = 0
+    retried: int = 0
     deleted: int = 0
     unchanged: int = 0
     reused: int = 0
@@ -258,6 +259,8 @@ def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -
             continue
         if row is None:
             report.new += 1
+        elif (row.size, row.mtime_ns) == (size, mtime):
+            report.retried += 1  # an unchanged file that failed before, tried again (--retry-errors)
         else:
             report.updated += 1
         todo.append(rel)

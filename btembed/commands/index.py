@@ -42,6 +42,7 @@ def run(args) -> int:
     for f in report.skipped:
         say(f"  skipped {f['path']}: {f['reason']}")
     skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
+    skipped += f", {report.retried} retried" if report.retried else ""
     say(f"indexed {report.total} images in {report.seconds:.1f} s ({report.new} new, {report.updated} updated, "
         f"{report.deleted} deleted, {report.unchanged} unchanged, {report.reused} reused, "
         f"{report.embedded} embedded, {report.failed} failed{skipped}); index {report.tier or 'empty'} in "
