@@ -106,7 +106,7 @@ def test_recipes_load_and_overrides_are_typed():
     assert paper.blur_p == (1.0, 0.1) and paper.solarize_p == (0.0, 0.2) and paper.interpolation == "bicubic"
     c = apply_overrides(paper, ["batch_size=64", "projector=[32, 32]", "amp=none", "lr_weights=1"])
     assert (c.batch_size, c.projector, c.amp, c.lr_weights) == (64, [32, 32], "none", 1.0)
-    with pytest.raises(ConfigError, match="unknown config key"):
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) batchsize \(did you mean batch_size\?\)"):
         apply_overrides(paper, ["batchsize=64"])
     with pytest.raises(ConfigError, match="batch_size must be an int"):
         apply_overrides(paper, ["batch_size=big"])

@@ -1,6 +1,7 @@
 """TrainConfig: every knob of a Barlow Twins run as data; recipes are YAML files in training/recipes/."""
 from __future__ import annotations
 
+import difflib
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -157,7 +158,10 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+            guesses = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, names, 1)) else k
+                       for k in unknown]
+            raise ConfigError(f"unknown config key(s) {', '.join(guesses)}; the keys are TrainConfig's fields "
+                              "in training/config.py")
         return cls(**d)
 
     def replace(self, **changes) -> "TrainConfig":
