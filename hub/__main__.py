@@ -22,7 +22,8 @@ def _publish(args) -> int:
     from .publish import publish
 
     entry = publish(args.model_dir, args.repo, revision=args.revision, tag=args.tag, dry_run=args.dry_run,
-                    name=args.name, export_missing_onnx=not args.no_onnx, private=args.private)
+                    name=args.name, export_missing_onnx=not args.no_onnx, private=args.private,
+                    allow_unfinished=args.allow_unfinished)
     if entry is not None:
         print("registry entry to add (python -m hub registry add ... writes it):", file=sys.stderr)
         print(json.dumps(entry, indent=2))
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="registry name of the printed entry (default: the repo id)")
     p.add_argument("--no-onnx", action="store_true", help="do not export model.onnx when it is missing")
     p.add_argument("--private", action="store_true")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="publish a model whose training run stopped part-way (refused otherwise)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the files; send nothing")
     p.set_defaults(run=_publish)
 

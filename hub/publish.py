@@ -163,7 +163,20 @@ def _check_onnx(v: Validation) -> None:
         v.ok(f"ONNX parity with torch: max relative difference {report['max_relative_diff']:.1e}")
 
 
-def validate(folder: str | Path, *, export_missing_onnx: bool = True) -> Validation:
+def _check_finished(v: Validation, config: ModelConfig, allow_unfinished: bool) -> None:
+    """A model from a training run that stopped part-way is published only on purpose."""
+    training = config.training or {}
+    if training.get("finished", True):
+        return
+    where = f" ({training.get('epochs_completed')} of {training.get('epochs')} epochs)" if "epochs" in training else ""
+    if allow_unfinished:
+        v.ok(f"an intermediate model{where}, published on purpose (--allow-unfinished)")
+    else:
+        v.fail(f"config.json says its training run did not finish{where}: an intermediate model; export a "
+               "finished run, or pass --allow-unfinished to publish it anyway")
+
+
+def validate(folder: str | Path, *, export_missing_onnx: bool = True, allow_unfinished: bool = False) -> Validation:
     """Check a model folder is fit to publish; collects every problem instead of stopping at the first."""
     v = Validation(Path(folder))
     try:
@@ -179,6 +192,7 @@ def validate(folder: str | Path, *, export_missing_onnx: bool = True) -> Validat
         _check_loads(v)
         _check_onnx(v)
     _check_card(v, config)
+    _check_finished(v, config, allow_unfinished)
     v.files = [(name, (v.folder / name).stat().st_size) for name in PUBLISH_FILES if (v.folder / name).is_file()]
     return v
 
@@ -247,7 +261,7 @@ def _dry_run_note(folder: Path, stage: Path, name: str) -> str:
 
 def publish(folder: str | Path, repo_id: str, *, revision: str | None = None, tag: str | None = None,
             dry_run: bool = False, name: str | None = None, export_missing_onnx: bool = True,
-            private: bool = False, out=None) -> dict | None:
+            private: bool = False, allow_unfinished: bool = False, out=None) -> dict | None:
     """Validate, then (unless dry_run) upload and return the registry entry {name: entry} to add."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -265,7 +279,7 @@ def publish(folder: str | Path, repo_id: str, *, revision: str | None = None, ta
     with contextlib.ExitStack() as stack:
         # A dry run changes nothing: whatever it needs (model.onnx, config.json recording it) is built aside.
         checked = stack.enter_context(staged_copy(folder)) if dry_run else folder
-        v = validate(checked, export_missing_onnx=export_missing_onnx)
+        v = validate(checked, export_missing_onnx=export_missing_onnx, allow_unfinished=allow_unfinished)
         for check in v.checks:
             print(f"  ok    {check}", file=sys.stderr)
         if v.problems:

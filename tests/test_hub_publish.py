@@ -169,6 +169,20 @@ def test_a_bad_repo_id_is_refused_before_any_check(publishable, repo, monkeypatc
         publish(publishable, repo, dry_run=True)
 
 
+def test_an_intermediate_model_is_published_only_on_purpose(publishable, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(publishable, tmp_path / "half"))
+    config = ModelConfig.load(folder)
+    config.training = {**config.training, "finished": False, "epochs": 10, "epochs_completed": 4.5}
+    config.save(folder)
+    refused = validate(folder, export_missing_onnx=False)
+    assert any("did not finish (4.5 of 10 epochs)" in p and "--allow-unfinished" in p for p in refused.problems)
+    allowed = validate(folder, export_missing_onnx=False, allow_unfinished=True)
+    assert not any("finish" in p for p in allowed.problems)
+    assert any("published on purpose" in c for c in allowed.checks)
+
+
 def test_publish_cli_refuses_unfit_folder_in_one_line(tmp_path):
     folder = make_model_dir(tmp_path / "raw", seed=3)
     proc = subprocess.run([sys.executable, "-m", "hub", "publish", str(folder), "--repo", "org/x", "--dry-run",

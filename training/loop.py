@@ -16,7 +16,8 @@ from .budget import BudgetTimer, agree, fitted_steps, timing_window
 from .checkpoint import (describe_init, init_weights, load_checkpoint, remove_stale_temp_files, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import ConfigError, TrainConfig
-from .data import DataError, file_list_digest, list_images, make_loader, normalize_views, steps_per_epoch, stop_loader_workers
+from .data import (DataError, file_list_digest, list_images, make_loader, normalize_views, steps_per_epoch,
+                   stop_loader_workers)
 from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, stop_together, teardown
 from .lars import LARS, lr_scale, param_groups, set_lr
 from .loss import BarlowTwinsLoss
