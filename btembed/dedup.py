@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
-
 from .hub import sha256_file
 from .index import Hit, ImageIndex
 

@@ -22,7 +22,7 @@ from btembed.backends import onnx as onnx_backend
 from btembed.backends.onnx import OnnxBackend, pick_providers
 from btembed.cli import main
 from btembed.config import ModelConfig
-from btembed.export import compare, export, read_metadata
+from btembed.export import compare, read_metadata
 from btembed.hub import sha256_file
 from btembed.preprocess import load_pixels
 
