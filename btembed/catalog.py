@@ -54,6 +54,12 @@ def content_hash(path: str | os.PathLike) -> str:
 class DamagedCatalog(CatalogError):
     """The catalog file is there but is not a readable SQLite database (overwritten, truncated, corrupted)."""
 
+    @classmethod
+    def of(cls, path: Path, error: Exception) -> "DamagedCatalog":
+        """The one message, for writers and readers alike."""
+        return cls(f"the catalog {path} is damaged ({error}); `btembed index --rebuild` on the folder sets it aside "
+                   "and indexes it again")
+
 
 def _damaged(error: Exception) -> bool:
     """SQLite's 'file is not a database' / 'malformed' errors, as opposed to permission or locking ones."""
@@ -112,8 +118,7 @@ class Catalog:
             conn.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as e:
             if _damaged(e):
-                raise DamagedCatalog(f"the catalog {path} is damaged ({e}); `btembed index --rebuild` sets it "
-                                     "aside and indexes the folder again") from None
+                raise DamagedCatalog.of(path, e) from None
             raise CatalogError(f"cannot open the catalog {path} ({e}); check permissions, or pass --db with a "
                                "writable place") from None
         catalog = cls(path, conn)
@@ -157,8 +162,7 @@ class Catalog:
                 why = (" (an index run left its -wal file; run `btembed index` on the folder once with write "
                        "access to fold it in)") if wal and cannot_write else ""
                 if _damaged(e):
-                    raise DamagedCatalog(f"the catalog {path} is damaged ({e}); `btembed index --rebuild` on the "
-                                         "folder sets it aside and indexes it again") from None
+                    raise DamagedCatalog.of(path, e) from None
                 raise CatalogError(f"cannot read the catalog {path} ({e}){why}; run `btembed index` on the "
                                    "folder to (re)create it") from None
         if version is None:

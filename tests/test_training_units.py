@@ -147,7 +147,7 @@ def test_device_names_are_checked(monkeypatch):
     with pytest.raises(BtembedError, match="device must be auto, cpu, cuda or cuda:N, not 'gpu'"):
         setup("gpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(BtembedError, match="device cuda:1 was asked for, but torch sees no GPU"):
+    with pytest.raises(BtembedError, match="device 'cuda:1' asked for, but torch sees no CUDA GPU here"):
         setup("cuda:1")
     assert setup("cpu").device == torch.device("cpu")
 

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from btembed.backends.torch import pick_device
 from btembed.errors import BtembedError
 
 
@@ -29,19 +30,22 @@ class Runtime:
         return self.rank == 0
 
 
+def training_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N (the devices gloo and NCCL serve); a GPU asked for and absent is a clear error."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise BtembedError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    return pick_device(name)
+
+
 def setup(device: str = "auto") -> Runtime:
     """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK and join the process group (NCCL on GPU, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise BtembedError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise BtembedError(f"device {device} was asked for, but torch sees no GPU; use --device cpu (or auto)")
-    # Under torchrun each process takes the GPU of its local rank; a single process may name one (cuda:N).
-    index = int(device.split(":")[1]) if ":" in device and world == 1 else local
-    dev = torch.device(f"cuda:{index}") if use_cuda else torch.device("cpu")
+    dev = training_device(device)
+    use_cuda = dev.type == "cuda"
+    if use_cuda and (world > 1 or dev.index is None):
+        dev = torch.device(f"cuda:{local}")  # under torchrun each process takes the GPU of its local rank
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from btembed.preprocess import load_pixels
 
 from .config import ConfigError
 from .data import normalize_views
+from .distributed import training_device
 from .loop import amp_dtype
 from .monitor import labeled_files
 
@@ -106,24 +106,13 @@ def _loader(items, model_config, train, config, shuffle, generator=None):
                       persistent_workers=False)
 
 
-def _device(name: str) -> torch.device:
-    """auto (a GPU when there is one), cpu, cuda or cuda:N; a GPU asked for and absent is a clear error."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise ModelError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {name} was asked for, but torch sees no GPU; use --device cpu (or auto)")
-    return torch.device(name)
-
-
 def linear_eval(model, data, val=None, config: LinearEvalConfig | None = None, device: str = "auto",
                 record: bool = False) -> dict:
     """Train a linear classifier on frozen trunk features; returns top-1/top-5 on the validation images."""
     config = config or LinearEvalConfig()
     record_to = _record_folder(model) if record else None  # refused before hours of evaluation, not after
     torch.manual_seed(config.seed)
-    dev = _device(device)
+    dev = training_device(device)
     encoder = Encoder.from_pretrained(model)
     trunk = encoder.to(dev).to(memory_format=torch.channels_last).eval()
     for p in trunk.parameters():

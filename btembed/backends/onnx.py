@@ -116,20 +116,13 @@ def cached_export(folder: Path, config: ModelConfig) -> Path:
                      f"{', '.join(str(p.parent) for p in candidates)}; set BTEMBED_CACHE to a writable folder")
 
 
-def _yours(folder: Path) -> bool:
-    """Whether a model folder is the user's to add files to: not the package's own, not a hub cache snapshot."""
-    package = Path(__file__).resolve().parents[1]
-    resolved = folder.resolve()
-    return os.access(folder, os.W_OK) and package not in resolved.parents and "snapshots" not in resolved.parts
-
-
 def onnx_file(folder: Path, config: ModelConfig, precision: str = "fp32") -> Path:
     """The ONNX file to run: the folder's own (sha256-checked when recorded) or a cached export."""
     if precision == "int8":
         if not (folder / INT8_FILE).is_file():
             # The package's own folder (the embedded default) or a hub cache snapshot is no place to write into.
             where = (f"make one with `btembed export {folder} --onnx {folder / INT8_FILE} --int8 --calibration "
-                     "IMAGES`" if _yours(folder) else
+                     "IMAGES`" if shared_location(folder) is None and os.access(folder, os.W_OK) else
                      f"copy the model folder somewhere of yours (cp -r {folder} MODEL), make one with `btembed "
                      f"export MODEL --onnx MODEL/{INT8_FILE} --int8 --calibration IMAGES` and use --model MODEL")
             raise ModelError(f"{folder} has no {INT8_FILE}; {where}, or use precision='fp32'")
