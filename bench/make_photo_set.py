@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training.offline_photos import DebCache  # noqa: E402  (fetches with apt-get download + dpkg -x)
+from devdata.debpkg import DebCache  # noqa: E402  (fetches with apt-get download + dpkg -x)
 
 WALLPAPER_PACKAGES = {
     "lomiri-wallpapers-16.04": "usr/share/backgrounds",

@@ -1,4 +1,4 @@
-"""training.dev_eval: a probe that fails stops the whole evaluation, and the rows finished before it are kept."""
+"""devdata.evaluate: a probe that fails stops the whole evaluation, and the rows finished before it are kept."""
 import json
 import os
 import subprocess
@@ -24,7 +24,7 @@ def make_task(root: Path, classes: int, per_class: int = 4) -> Path:
 
 def dev_eval(dev: Path, out: Path, *tasks: str) -> subprocess.CompletedProcess:
     """raw32 features only (no model needed), two folds, two seeds, one probe at a time."""
-    return subprocess.run([sys.executable, "-m", "training.dev_eval", "btembed/default-r18", "--dev", str(dev),
+    return subprocess.run([sys.executable, "-m", "devdata.evaluate", "btembed/default-r18", "--dev", str(dev),
                            "--tasks", *tasks, "--features", "raw32", "--folds", "2", "--seeds", "0", "1",
                            "--jobs", "1", "--out", str(out)],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
@@ -61,7 +61,7 @@ def wait_for(condition, what: str, seconds: float = 30.0) -> None:
 def test_a_failing_probe_stops_the_probes_in_flight(tmp_path, monkeypatch, capsys, order):
     """Two probes at once: when one fails, the other (which would run for 10 minutes) is terminated, or refused
     when its thread reaches the launch only after the failure (the race CI hit on a slow machine)."""
-    from training import dev_eval as module
+    from devdata import evaluate as module
 
     dev = tmp_path / "dev"
     for task in ("slow", "broken"):

@@ -5,8 +5,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from training.offline_photos import MAX_SHORT_SIDE, TILE_ZOOM, Pool, tiles
-from training.photo_sources import Item, Source
+from devdata.pictures import MAX_SHORT_SIDE
+from devdata.pool import TILE_ZOOM, Pool, tiles
+from devdata.sources import Item, Source
 
 
 def _jpeg(w: int, h: int, seed: int) -> bytes:

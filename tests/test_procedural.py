@@ -5,8 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from training import offline_photos
-from training.procedural import FAMILIES, leaf_radii, procedural_image
+from devdata import pool
+from devdata.procedural import FAMILIES, leaf_radii, procedural_image
 
 
 def test_each_image_depends_on_seed_and_index_only():
@@ -38,8 +38,8 @@ def test_dead_leaves_cover_the_canvas():
 
 def test_offline_pool_adds_procedural_images_only_when_asked(tmp_path):
     out = tmp_path / "pool"
-    manifest = offline_photos.run(out, tmp_path / "cache", names=[], seed=0, openclipart_cap=0, fashion_cap=0,
-                                  procedural=5)
+    manifest = pool.run(out, tmp_path / "cache", names=[], seed=0, openclipart_cap=0, fashion_cap=0,
+                        procedural=5)
     source = manifest["sources"]["procedural"]
     assert source["file_count"] == 5 and manifest["total_files"] == 5
     assert source["licence"].startswith("CC0") and source["families"] == list(FAMILIES)
@@ -50,6 +50,6 @@ def test_offline_pool_adds_procedural_images_only_when_asked(tmp_path):
         assert row["path"].startswith("train/procedural/")
     assert json.loads((out / "manifest.json").read_text())["sources"]["procedural"]["file_count"] == 5
     # The default pool has no generated images: without --procedural the source is not even listed.
-    plain = offline_photos.run(tmp_path / "plain", tmp_path / "cache", names=[], seed=0, openclipart_cap=0,
-                               fashion_cap=0)
+    plain = pool.run(tmp_path / "plain", tmp_path / "cache", names=[], seed=0, openclipart_cap=0,
+                     fashion_cap=0)
     assert "procedural" not in plain["sources"] and plain["total_files"] == 0

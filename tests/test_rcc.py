@@ -5,7 +5,7 @@ import zlib
 
 import pytest
 
-from training.rcc import RccError, iter_rcc, parse_rcc
+from devdata.rcc import RccError, iter_rcc, parse_rcc
 
 DIR, ZLIB = 0x02, 0x01
 

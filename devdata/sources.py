@@ -1,4 +1,4 @@
-"""The per-source extractors of the offline training pool: which files of which package become candidates."""
+"""The pool's inputs: which files of which package become candidates (the dev set reads the same packages)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from training.debpkg import (DebCache, LicenceRule, Package, PrepError, lookup_licence, parse_dep5,
-                             parse_gcompris_readme)
-from training.pool_images import safe_rel, sha256
+from devdata import holdout
+from devdata.debpkg import (DebCache, LicenceRule, Package, PrepError, lookup_licence, parse_dep5,
+                            parse_gcompris_readme)
+from devdata.pictures import safe_rel, sha256
+from devdata.procedural import FAMILIES, LICENCE, procedural_image
+from devdata.rcc import iter_rcc
 
 GCOMPRIS_ACTIVITIES = ("erase", "explore_world_animals", "explore_farm_animals")
 SKIMAGE_PHOTOS = (
@@ -34,7 +37,7 @@ POOL_NOTES = {
     "(the dev set uses the TEST split), kept at native size",
     "ufoai": "colour textures only (normal/specular/glow maps dropped); dev-set files held out",
     "procedural": "generated, not photos: dead leaves, coloured 1/f noise and textured dead leaves in turn "
-    "(training/procedural.py), each image a function of (seed, index); only with --procedural N",
+    "(devdata/procedural.py), each image a function of (seed, index); only with --procedural N",
 }
 
 
@@ -93,8 +96,6 @@ def _deb_meta(ctx: Context, source: str, pkg: Package) -> None:
 
 def gcompris_items(ctx: Context) -> Iterator[Item]:
     """WebP animal photos from three GCompris activities, read out of their .rcc bundles."""
-    from training.rcc import iter_rcc
-
     pkg = ctx.debs.get("gcompris-qt-data")
     _deb_meta(ctx, "gcompris", pkg)
     rules = parse_dep5(pkg.copyright_text())
@@ -169,13 +170,11 @@ def ufoai_candidates(names: Iterable[str]) -> list[tuple[str, str]]:
 
 def ufoai_items(ctx: Context) -> Iterator[Item]:
     """Colour textures from the UFO:AI archive, minus the dev-set hold-out."""
-    from training import devset
-
     pkg, z = ufoai_zip(ctx)
     _deb_meta(ctx, "ufoai", pkg)
     rules = parse_dep5(pkg.copyright_text())
     cands = ufoai_candidates(z.namelist())
-    split = devset.ufoai_split(cands, ctx.seed, z.read)
+    split = holdout.ufoai_split(cands, ctx.seed, z.read)
     held = split.chosen
     ctx.meta["ufoai"]["dev_held_out"] = len(held)
     ctx.meta["ufoai"]["dev_held_out_sha256"] = split.held_sha()
@@ -206,18 +205,16 @@ def openclipart_candidates(root: Path) -> list[tuple[str, str]]:
 
 def openclipart_items(ctx: Context) -> Iterator[Item]:
     """A capped, seeded random sample of the clip-art, minus the dev-set hold-out."""
-    from training import devset
-
     pkg, root = openclipart_root(ctx)
     _deb_meta(ctx, "openclipart", pkg)
     cands = openclipart_candidates(root)
-    split = devset.openclipart_split(cands, ctx.seed, lambda p: (root / p).read_bytes())
+    split = holdout.openclipart_split(cands, ctx.seed, lambda p: (root / p).read_bytes())
     held = split.chosen
     ctx.meta["openclipart"]["dev_held_out"] = len(held)
     ctx.meta["openclipart"]["dev_held_out_sha256"] = split.held_sha()
     rest = [p for p, _ in cands if p not in held]
     # Hash order is a seeded shuffle that does not depend on Python's RNG implementation.
-    rest.sort(key=lambda p: devset.rank(ctx.seed, "openclipart-train", p))
+    rest.sort(key=lambda p: holdout.rank(ctx.seed, "openclipart-train", p))
     ctx.meta["openclipart"]["cap"] = ctx.openclipart_cap
     for p in rest:
         yield Item(inner=f"usr/share/openclipart/png/{p}", rel=safe_rel(p), load=(root / p).read_bytes,
@@ -298,10 +295,8 @@ PROCEDURAL_SIZE = 256  # px; training decodes at most 224 px and crops 112
 
 
 def procedural_items(ctx: Context) -> Iterator[Item]:
-    """ctx.procedural generated images (training/procedural.py) drawn from ctx.seed."""
-    from training.procedural import FAMILIES, LICENCE, procedural_image
-
-    ctx.meta["procedural"] = {"package": "training.procedural (generated)", "version": f"seed {ctx.seed}",
+    """ctx.procedural generated images (devdata/procedural.py) drawn from ctx.seed."""
+    ctx.meta["procedural"] = {"package": "devdata.procedural (generated)", "version": f"seed {ctx.seed}",
                               "families": list(FAMILIES), "size": PROCEDURAL_SIZE}
     for i in range(ctx.procedural):
         family, a = procedural_image(ctx.seed, i, PROCEDURAL_SIZE)
@@ -309,8 +304,8 @@ def procedural_items(ctx: Context) -> Iterator[Item]:
                    array=a, prehashed=sha256(a.tobytes()), licence=LICENCE)
 
 
-# Not in SOURCES: it is no package and joins the pool only when asked for (offline_photos --procedural N).
-PROCEDURAL = Source("procedural", "training.procedural", "CC0-1.0 (generated)", notes=POOL_NOTES["procedural"],
+# Not in SOURCES: it is no package and joins the pool only when asked for (devdata.pool --procedural N).
+PROCEDURAL = Source("procedural", "devdata.procedural", "CC0-1.0 (generated)", notes=POOL_NOTES["procedural"],
                     items=procedural_items)
 
 SOURCES: dict[str, Source] = {s.name: s for s in [

@@ -9,9 +9,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from btembed.errors import BtembedError
 
-class PrepError(RuntimeError):
-    """A clear, user-facing failure of the preparation step."""
+
+class PrepError(BtembedError):
+    """A clear, user-facing failure of building the pool or the dev set."""
 
 
 # --------------------------------------------------------------------------- Debian packages
@@ -74,6 +76,10 @@ class DebCache:
         pkg = Package(name, version, deb, root)
         self._done[name] = pkg
         return pkg
+
+    def fetched(self) -> list[Package]:
+        """The packages got so far, in the order they were first asked for."""
+        return list(self._done.values())
 
 
 # --------------------------------------------------------------------------- licences
