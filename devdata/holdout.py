@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from PIL import Image
-
-from devdata.pictures import MAX_PIXELS
+from devdata.pictures import fits_limit
 
 OPENCLIPART_CLASSES = (
     "animals", "buildings", "computer", "food", "geography", "office", "people", "plants", "recreation",
@@ -24,19 +20,6 @@ UFOAI_PER_CLASS = 60
 def rank(seed: int, tag: str, key: str) -> str:
     """A seeded sort key that is stable across Python versions and platforms."""
     return hashlib.sha256(f"{seed}\0{tag}\0{key}".encode()).hexdigest()
-
-
-def fits_limit(data: bytes) -> bool:
-    """True if the image header opens and is within the pixel limit (no full decode)."""
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-        except Exception:  # noqa: BLE001 - anything that will not open is simply not eligible
-            return False
-    return w * h <= MAX_PIXELS
 
 
 @dataclass

@@ -6,7 +6,9 @@ import hashlib
 import io
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -26,12 +28,30 @@ class Skip(Exception):
         self.reason = reason
 
 
-def decode(data: bytes, max_short_side: int | None = MAX_SHORT_SIDE) -> Image.Image:
-    """Decode bytes with a hard pixel limit, letting JPEG decode at reduced scale when it will be shrunk anyway."""
+@contextmanager
+def pixel_limit() -> Iterator[None]:
+    """Within it Pillow refuses images over MAX_PIXELS, by error or, between 1x and 2x the limit, by warning."""
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     with warnings.catch_warnings():
         # Pillow only warns between 1x and 2x the limit; treat that as a refusal too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def fits_limit(data: bytes) -> bool:
+    """True if the image header opens and is within the pixel limit (no full decode)."""
+    with pixel_limit():
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        except Exception:  # noqa: BLE001 - anything that will not open is simply not eligible
+            return False
+    return w * h <= MAX_PIXELS
+
+
+def decode(data: bytes, max_short_side: int | None = MAX_SHORT_SIDE) -> Image.Image:
+    """Decode bytes with a hard pixel limit, letting JPEG decode at reduced scale when it will be shrunk anyway."""
+    with pixel_limit():
         try:
             im = Image.open(io.BytesIO(data))
             if max_short_side and im.format == "JPEG":

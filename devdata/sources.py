@@ -94,11 +94,16 @@ def _deb_meta(ctx: Context, source: str, pkg: Package) -> None:
     ctx.meta[source] = {"package": pkg.name, "version": pkg.version, "deb": pkg.deb.name}
 
 
+def _package(ctx: Context, source: str, name: str) -> tuple[Package, list[LicenceRule]]:
+    """The unpacked package called name, recorded for source, with the rules of its DEP-5 copyright file."""
+    pkg = ctx.debs.get(name)
+    _deb_meta(ctx, source, pkg)
+    return pkg, parse_dep5(pkg.copyright_text())
+
+
 def gcompris_items(ctx: Context) -> Iterator[Item]:
     """WebP animal photos from three GCompris activities, read out of their .rcc bundles."""
-    pkg = ctx.debs.get("gcompris-qt-data")
-    _deb_meta(ctx, "gcompris", pkg)
-    rules = parse_dep5(pkg.copyright_text())
+    pkg, rules = _package(ctx, "gcompris", "gcompris-qt-data")
     for act in GCOMPRIS_ACTIVITIES:
         bundle = pkg.root / "usr/share/gcompris-qt/rcc" / f"{act}.rcc"
         if not bundle.exists():
@@ -123,9 +128,7 @@ def _wallpaper_items(package: str, source: str, pattern: str) -> Callable[[Conte
     """Items for a wallpaper package: every image file whose package path matches pattern."""
     def items(ctx: Context) -> Iterator[Item]:
         """Image files of the wallpaper package."""
-        pkg = ctx.debs.get(package)
-        _deb_meta(ctx, source, pkg)
-        rules = parse_dep5(pkg.copyright_text())
+        pkg, rules = _package(ctx, source, package)
         base = pkg.root / "usr/share"
         for f in sorted(base.rglob("*")):
             inner = f.relative_to(pkg.root).as_posix()
@@ -138,9 +141,7 @@ def _wallpaper_items(package: str, source: str, pattern: str) -> Callable[[Conte
 
 def stellarium_items(ctx: Context) -> Iterator[Item]:
     """The deep-sky object photos (nebulae/default); constellation art and UI textures are drawings."""
-    pkg = ctx.debs.get("stellarium-data")
-    _deb_meta(ctx, "stellarium", pkg)
-    rules = parse_dep5(pkg.copyright_text())
+    pkg, rules = _package(ctx, "stellarium", "stellarium-data")
     d = pkg.root / "usr/share/stellarium/nebulae/default"
     for f in sorted(d.glob("*.png")):
         yield _file_item(pkg.root, d, f, rules)
