@@ -54,10 +54,9 @@ def main(argv=None) -> int:
 
     cfg = PreprocessConfig(input_size=224, resize_size=256, interpolation="bilinear")
     if args.model:
-        from btembed.config import ModelConfig
-        from btembed.hub import resolve_model
+        from btembed.modelfolder import ModelFolder
 
-        cfg = ModelConfig.load(resolve_model(args.model)).preprocess
+        cfg = ModelFolder.resolve(args.model).config.preprocess
     files = [f for f in find_images(args.photos) if f.suffix.lower() in (".jpg", ".jpeg")]
     if not files:
         raise SystemExit(f"no JPEGs under {args.photos}; build the set with `python bench/make_photo_set.py`")

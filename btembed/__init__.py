@@ -1,6 +1,6 @@
 """btembed: Barlow Twins image embeddings — embed, index, search, dedup, probe, export."""
 from .errors import BtembedError, CatalogError, ImageError, ModelError
-from .hub import __version__
+from .version import __version__
 
 # Heavy modules (torch) load on first use, so `btembed --help` and the ONNX path start fast.
 _LAZY = {
@@ -8,6 +8,7 @@ _LAZY = {
     "PixelEncoder": ("model", "PixelEncoder"),
     "Embedder": ("embedder", "Embedder"),
     "ModelConfig": ("config", "ModelConfig"),
+    "ModelFolder": ("modelfolder", "ModelFolder"),
     "PreprocessConfig": ("preprocess", "PreprocessConfig"),
 }
 

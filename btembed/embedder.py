@@ -1,6 +1,8 @@
 """Embedder: from_pretrained(...) then embed(...) — batching, decode workers, progress, bad-file handling."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,7 +15,7 @@ import numpy as np
 from .backends import load_backend
 from .config import ModelConfig
 from .errors import ImageError, ModelError
-from .hub import resolve_model
+from .modelfolder import ModelFolder
 from .preprocess import PreprocessConfig, load_pixels
 
 # Show a progress bar by default only for jobs this long, and only on a terminal.
@@ -118,11 +120,13 @@ class Embedder:
     prefetch = 2
     decode_nice = 0
 
-    def __init__(self, backend, config: ModelConfig, folder: Path | None = None):
+    def __init__(self, backend, config: ModelConfig, folder: Path | None = None,
+                 model_folder: ModelFolder | None = None):
         # backend may be a Future (from_pretrained(load_async=True)): it is resolved on first use.
         self._backend = backend
         self.config = config
         self.folder = folder
+        self.model_folder = model_folder  # the ModelFolder it was loaded from (None for an in-memory encoder)
 
     @property
     def backend(self):
@@ -134,21 +138,26 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, name_or_path=None, *, revision: str | None = None, device: str = "auto",
                         backend: str = "auto", precision: str = "fp32", load_async: bool = False) -> "Embedder":
-        """Load a model: None → embedded default, a folder, a registry name, or a Hugging Face repo id.
+        """Load a model: a ModelFolder (used as it is), None → embedded default, a folder, a registry name, or a
+        Hugging Face repo id.
 
         load_async=True builds the backend (ONNX session, first-use export) in a background thread, so a
         caller can start decoding images meanwhile; backend errors then surface on first use.
         """
-        folder = resolve_model(name_or_path, revision=revision)
-        config = ModelConfig.load(folder)
+        if isinstance(name_or_path, ModelFolder):
+            model = name_or_path
+        else:
+            model = ModelFolder.resolve(name_or_path, revision=revision)
+        config = copy.copy(model.config)  # the name set below is this embedder's, not the folder's
         if not config.name:
-            config.name = str(name_or_path or folder.name)
+            config.name = model.name or model.path.name
+        model = dataclasses.replace(model, config=config)
         if not load_async:
-            return cls(load_backend(backend, folder, config, device=device, precision=precision), config, folder)
+            return cls(load_backend(backend, model, device=device, precision=precision), config, model.path, model)
         pool = ThreadPoolExecutor(1, thread_name_prefix="btembed-load")
-        future = pool.submit(load_backend, backend, folder, config, device=device, precision=precision)
+        future = pool.submit(load_backend, backend, model, device=device, precision=precision)
         pool.shutdown(wait=False)  # the load runs on; nothing else is ever submitted
-        return cls(future, config, folder)
+        return cls(future, config, model.path, model)
 
     @property
     def dim(self) -> int:

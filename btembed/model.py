@@ -29,15 +29,27 @@ class Encoder(nn.Module):
         return cls(config, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path=None, *, revision: str | None = None) -> "Encoder":
-        """Load weights from a model folder, registry name or hub repo (hashes verified, never unpickled)."""
-        from .hub import load_state_dict, resolve_model
+    def from_folder(cls, folder: str | Path, config: ModelConfig | None = None) -> "Encoder":
+        """Load a model folder's verified weights into an encoder in eval mode (the one place this is done)."""
+        from .modelfiles import read_weights
 
-        folder = resolve_model(name_or_path, revision=revision)
-        config = ModelConfig.load(folder)
+        config = config or ModelConfig.load(folder)
         encoder = cls(config)
-        encoder.trunk.load_state_dict(load_state_dict(folder, config))
+        encoder.trunk.load_state_dict(read_weights(folder, config))
         return encoder.eval()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path=None, *, revision: str | None = None) -> "Encoder":
+        """Load weights from a ModelFolder, model folder, registry name or hub repo (hashes verified, never unpickled).
+
+        A ModelFolder is used as it is; a name is looked up as ModelFolder.resolve does (btembed.sources.locate).
+        """
+        if hasattr(name_or_path, "path") and hasattr(name_or_path, "config"):  # a ModelFolder, already resolved
+            return cls.from_folder(name_or_path.path, name_or_path.config)
+        from .sources import locate
+
+        folder, _, _ = locate(name_or_path, revision=revision)
+        return cls.from_folder(folder)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized float images [N, 3, H, W] → pooled trunk features [N, D]."""
@@ -49,9 +61,9 @@ class Encoder(nn.Module):
 
     def save_pretrained(self, folder: str | Path, card: str | None = None, dtype: torch.dtype | None = None) -> Path:
         """Write config.json + model.safetensors (+ README.md card) as a model folder."""
-        from .hub import save_pretrained
+        from .modelfiles import write_folder
 
-        return save_pretrained(self, folder, card=card, dtype=dtype)
+        return write_folder(self.state_dict_for_save(), self.config, folder, card=card, dtype=dtype)
 
 
 class PixelEncoder(nn.Module):

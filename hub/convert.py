@@ -12,7 +12,7 @@ from pathlib import Path
 
 from btembed.config import ARCHITECTURES, ModelConfig
 from btembed.errors import BtembedError
-from btembed.hub import sha256_file
+from btembed.modelfiles import sha256_file
 from btembed.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 # The official evaluate.py validation transform: Resize(256) (torchvision's default bilinear), CenterCrop(224),

@@ -12,7 +12,7 @@ from pathlib import Path
 from btembed.card import parse_card
 from btembed.config import ModelConfig
 from btembed.errors import BtembedError
-from btembed.hub import ONNX_FILE, WEIGHTS_FILE, sha256_file
+from btembed.modelfiles import ONNX_FILE, WEIGHTS_FILE, sha256_file
 
 # What a published repo holds, in upload order of importance.
 PUBLISH_FILES = ("config.json", WEIGHTS_FILE, ONNX_FILE, "README.md")
@@ -111,12 +111,13 @@ def _check_loads(v: Validation) -> None:
 
 
 def add_onnx(folder: str | Path) -> Path:
-    """Export folder/model.onnx with btembed.export and record its sha256 in config.json."""
-    from btembed import export
+    """Export folder/model.onnx with btembed's ONNX exporter and record its sha256 in config.json."""
+    from btembed.backends.onnx_export import export_onnx
+    from btembed.modelfolder import ModelFolder
 
     folder = Path(folder)
     config = ModelConfig.load(folder)
-    path = export.export_onnx(folder, folder / ONNX_FILE, config=config)
+    path = export_onnx(ModelFolder.at(folder, config), folder / ONNX_FILE)
     config.files[ONNX_FILE] = sha256_file(path)
     config.save(folder)
     return path
@@ -126,13 +127,14 @@ def onnx_parity(folder: str | Path, n_images: int = 4) -> dict:
     """Worst-row agreement of folder/model.onnx with the fp32 torch graph on fixed random pixels."""
     import numpy as np
 
-    from btembed import export
+    from btembed.backends.onnx_check import parity
+    from btembed.modelfolder import ModelFolder
 
     folder = Path(folder)
     config = ModelConfig.load(folder)
     size = config.preprocess.input_size
     pixels = np.random.default_rng(0).integers(0, 256, (n_images, size, size, 3), dtype=np.uint8)
-    return export.parity(folder / ONNX_FILE, folder, pixels, config=config)
+    return parity(folder / ONNX_FILE, ModelFolder.at(folder, config), pixels, config=config)
 
 
 def _export_if_missing(v: Validation) -> None:

@@ -50,7 +50,7 @@ def entry_from_folder(folder: str | Path, repo_id: str, revision: str | None,
         # kept apart and named so nobody mistakes them for numbers we measured
         metrics["reported_by_original_authors"] = {k: v["value"] if isinstance(v, dict) else v
                                                    for k, v in reported.items()}
-    from btembed.hub import sha256_file
+    from btembed.modelfiles import sha256_file
 
     files = {p.name: sha256_file(p) for p in sorted(Path(folder).iterdir())
              if p.is_file() and p.name in ("config.json", "model.safetensors", "model.onnx", "README.md")}

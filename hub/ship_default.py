@@ -20,7 +20,7 @@ import torch
 from btembed import Embedder, Encoder
 from btembed.card import render_card
 from btembed.config import ModelConfig
-from btembed.hub import embedded_dir
+from btembed.modelfiles import embedded_dir
 from btembed.preprocess import INTERPOLATIONS
 
 from devdata.evaluate import markdown

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from btembed import Embedder, Encoder, ImageError, ModelError
-from btembed.hub import resolve_model
+from btembed.sources import locate
 from btembed.images import open_image
 from btembed.preprocess import load_pixels
 
@@ -106,7 +106,7 @@ def test_resolution_errors_are_one_sentence(tmp_path):
     with pytest.raises(ModelError, match="no config.json"):
         Embedder.from_pretrained(tmp_path)
     with pytest.raises(ModelError, match="neither a folder"):
-        resolve_model("./does/not/exist")
+        locate("./does/not/exist")
     with pytest.raises(ModelError, match="unknown device"):
         Embedder.from_pretrained(tmp_path if False else make_model_dir(tmp_path / "m"), device="tpu9")
 

@@ -22,8 +22,9 @@ from btembed.backends import onnx as onnx_backend
 from btembed.backends.onnx import OnnxBackend, pick_providers
 from btembed.cli import main
 from btembed.config import ModelConfig
-from btembed.export import compare, read_metadata
-from btembed.hub import sha256_file
+from btembed.backends.onnx_check import compare
+from btembed.backends.onnx_export import read_metadata
+from btembed.modelfiles import sha256_file
 from btembed.preprocess import load_pixels
 
 from conftest import make_model_dir
@@ -142,7 +143,7 @@ def test_folder_model_onnx_is_used_and_its_hash_checked(r18, tmp_path, monkeypat
     copy = Path(shutil.copytree(folder, tmp_path / "with-onnx"))
     shutil.copy(out, copy / "model.onnx")
     config = ModelConfig.load(copy)
-    monkeypatch.setattr("btembed.export.export_onnx", lambda *a, **k: pytest.fail("must not export"))
+    monkeypatch.setattr("btembed.backends.onnx_export.export_onnx", lambda *a, **k: pytest.fail("must not export"))
     assert OnnxBackend(copy, config).path == copy / "model.onnx"
     config.files["model.onnx"] = sha256_file(out)
     config.save(copy)
@@ -160,7 +161,7 @@ def test_export_cache_reused_and_read_only_falls_back(tmp_path, monkeypatch, use
     assert first.parent == folder / ".onnx-cache"
     stamp = first.stat().st_mtime_ns
     with monkeypatch.context() as m:
-        m.setattr("btembed.export.export_onnx", lambda *a, **k: pytest.fail("cache not reused"))
+        m.setattr("btembed.backends.onnx_export.export_onnx", lambda *a, **k: pytest.fail("cache not reused"))
         assert OnnxBackend(folder, config).path == first and first.stat().st_mtime_ns == stamp
     assert not list(first.parent.glob("*.tmp"))  # the atomic write left nothing behind
     # A read-only model folder (root ignores chmod, so the write probe is what we simulate).
@@ -243,9 +244,9 @@ def test_precision_and_providers(tiny_model_dir):
     with pytest.raises(ModelError, match=f"make one with `btembed export {tiny_model_dir} --onnx "):
         OnnxBackend(tiny_model_dir, ModelConfig.load(tiny_model_dir), precision="int8")
     # the package's own model folder is not written into: the message says to copy it first
-    from btembed.hub import resolve_model
+    from btembed.modelfolder import ModelFolder
 
-    default = resolve_model(None)
+    default = ModelFolder.resolve(None).path
     with pytest.raises(ModelError, match=r"has no model.int8.onnx; copy the model folder somewhere of yours"):
         OnnxBackend(default, ModelConfig.load(default), precision="int8")
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -303,7 +304,7 @@ def test_folder_model_onnx_of_other_weights_or_unstamped_is_refused(r18, tmp_pat
     folder, out, _ = r18  # out was exported from seed-1 weights
     other = make_model_dir(tmp_path / "other", seed=2)
     shutil.copy(out, other / "model.onnx")
-    monkeypatch.setattr("btembed.export.export_onnx", lambda *a, **k: pytest.fail("must not export"))
+    monkeypatch.setattr("btembed.backends.onnx_export.export_onnx", lambda *a, **k: pytest.fail("must not export"))
     with pytest.raises(ModelError, match=r"model\.onnx was exported from other weights.*btembed export"):
         OnnxBackend(other, ModelConfig.load(other))
     # No weights_sha256 in the metadata: refused unless config.json vouches for the file's own sha256.

@@ -83,7 +83,7 @@ def test_models_lists_registry_with_availability(tmp_path):
 def test_availability_order(tmp_path, monkeypatch):
     from btembed.commands import models
 
-    monkeypatch.setattr("btembed.hub.embedded_dir", lambda: tmp_path)
+    monkeypatch.setattr("btembed.modelfiles.embedded_dir", lambda: tmp_path)
     make_model_dir(tmp_path / "tiny")
     monkeypatch.setattr(models, "cached_folder", lambda repo, rev: None)
     assert models.availability("a", {"repo_id": "o/a", "embedded": "tiny"}) == ("embedded", str(tmp_path / "tiny"))
@@ -97,8 +97,9 @@ def test_registry_pin_of_config_json_is_enforced(tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
     import pytest
 
-    from btembed import hub
+    from btembed import sources
     from btembed.errors import ModelError
+    from btembed.modelfolder import ModelFolder
     from hub.registry_tools import entry_from_folder
 
     folder = make_model_dir(tmp_path / "model", seed=6)
@@ -108,10 +109,10 @@ def test_registry_pin_of_config_json_is_enforced(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     entry = entry_from_folder(folder, "org/pinned", SHA)
-    monkeypatch.setattr(hub, "load_registry", lambda: {"default": None, "models": {"test/pinned": entry}})
-    assert hub.resolve_model("test/pinned").resolve() == snapshot.resolve()
+    monkeypatch.setattr(sources, "load_registry", lambda: {"default": None, "models": {"test/pinned": entry}})
+    assert ModelFolder.resolve("test/pinned").path.resolve() == snapshot.resolve()
     config = json.loads((snapshot / "config.json").read_text())
     config["files"]["model.safetensors"] = "0" * 64  # a tampered cache entry
     (snapshot / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="recorded in the registry"):
-        hub.resolve_model("test/pinned")
+        ModelFolder.resolve("test/pinned")

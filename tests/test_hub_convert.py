@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from btembed.card import parse_card
 from btembed.config import ModelConfig
 from hub.__main__ import main as hub_main
-from btembed.hub import sha256_file
+from btembed.modelfiles import sha256_file
 from hub.convert import ConvertError, convert_official, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

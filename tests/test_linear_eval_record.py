@@ -32,7 +32,7 @@ def state(folder: Path) -> dict:
 def test_record_refuses_shared_copies(tiny_model_dir, labeled, tmp_path, monkeypatch, capsys):
     snapshot = Path(shutil.copytree(tiny_model_dir, tmp_path / "hub" / "models--org--m" / "snapshots" / "abc123"))
     embedded = Path(shutil.copytree(tiny_model_dir, tmp_path / "package" / "weights" / "tiny"))
-    monkeypatch.setattr("btembed.hub.embedded_dir", lambda: tmp_path / "package" / "weights")
+    monkeypatch.setattr("btembed.modelfiles.embedded_dir", lambda: tmp_path / "package" / "weights")
     for folder, where in ((snapshot, "Hugging Face cache snapshot"), (embedded, "embedded in the btembed package")):
         before = state(folder)
         with pytest.raises(ModelError, match=f"{where}.*local model folder"):

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import ModelError
+from ..modelfolder import ModelFolder
 
 BACKENDS = ("torch", "onnx")
 
@@ -35,9 +36,9 @@ def auto_backend(device: str, precision: str) -> str:
     return "torch" if device == "auto" and os.path.exists("/dev/nvidiactl") else "onnx"
 
 
-def load_backend(name: str, folder: Path, config: ModelConfig, *, device: str = "auto",
+def load_backend(name: str, folder: ModelFolder | Path, config: ModelConfig | None = None, *, device: str = "auto",
                  precision: str = "fp32") -> Backend:
-    """Instantiate a backend by name ('auto' picks the default for this machine)."""
+    """Instantiate a backend by name ('auto' picks the default for this machine) for a ModelFolder (or a path)."""
     if name == "auto":
         name = auto_backend(device, precision)
     if name == "torch":

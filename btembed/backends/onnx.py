@@ -10,14 +10,10 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import ModelError
-from ..hub import ONNX_FILE, WEIGHTS_FILE, shared_location, verify_file
-
-INT8_FILE = "model.int8.onnx"
-INPUT_NAME = "pixels"
-OUTPUT_EMBEDDING, OUTPUT_FEATURES = "embedding", "features"
-DEFAULT_OPSET = 18
-# Bump when the exported graph changes shape or meaning, so cached exports are rebuilt rather than reused.
-EXPORT_FORMAT = 1
+from ..modelfiles import INT8_FILE, ONNX_FILE, WEIGHTS_FILE, cache_dir, shared_location, verify_file
+from ..modelfolder import ModelFolder
+from .onnx_export import (DEFAULT_OPSET, EXPORT_FORMAT, INPUT_NAME, OUTPUT_EMBEDDING,  # noqa: F401
+                          OUTPUT_FEATURES)
 # Fastest first; onnxruntime skips providers it does not have, but we filter so `device` reports the truth.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -73,10 +69,7 @@ def export_key(config: ModelConfig, opset: int = DEFAULT_OPSET) -> str:
 
 def user_cache_dir() -> Path:
     """$BTEMBED_CACHE/onnx, else $XDG_CACHE_HOME/btembed/onnx, else ~/.cache/btembed/onnx."""
-    if os.environ.get("BTEMBED_CACHE"):
-        return Path(os.environ["BTEMBED_CACHE"]).expanduser() / "onnx"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "btembed" / "onnx"
+    return cache_dir() / "onnx"
 
 
 def _writable(folder: Path) -> bool:
@@ -109,9 +102,9 @@ def cached_export(folder: Path, config: ModelConfig) -> Path:
             return path
     for path in candidates:
         if _writable(path.parent):
-            from ..export import export_onnx  # imports torch: only on a cache miss
+            from .onnx_export import export_onnx  # imports torch: only on a cache miss
 
-            return export_onnx(folder, path, config=config)
+            return export_onnx(ModelFolder.at(folder, config), path)
     raise ModelError(f"no writable place for the ONNX export of {folder}: tried "
                      f"{', '.join(str(p.parent) for p in candidates)}; set BTEMBED_CACHE to a writable folder")
 
@@ -172,9 +165,9 @@ def checked_session(folder: Path, config: ModelConfig, precision: str = "fp32", 
     if not _writable(path.parent):
         raise ModelError(f"the cached ONNX export {path} {problem}, and its folder is not writable; delete it "
                          "or set BTEMBED_CACHE to a writable folder")
-    from ..export import export_onnx  # imports torch: only when the cache entry is rebuilt
+    from .onnx_export import export_onnx  # imports torch: only when the cache entry is rebuilt
 
-    path = export_onnx(folder, path, config=config)
+    path = export_onnx(ModelFolder.at(folder, config), path)
     return path, make_session(path, device)
 
 
@@ -183,8 +176,11 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, folder: Path, config: ModelConfig, *, device: str = "auto", precision: str = "fp32",
-                 path: str | Path | None = None):
+    def __init__(self, folder: ModelFolder | Path, config: ModelConfig | None = None, *, device: str = "auto",
+                 precision: str = "fp32", path: str | Path | None = None):
+        if isinstance(folder, ModelFolder):
+            folder, config = folder.path, config or folder.config
+        config = config or ModelConfig.load(folder)
         self.config, self.precision = config, precision
         if path:  # a file named by the caller (a fresh export, a parity check) runs as given
             self.path, self.session = Path(path), make_session(path, device)

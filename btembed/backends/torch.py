@@ -9,8 +9,8 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ModelError
-from ..hub import load_state_dict
 from ..model import Encoder, PixelEncoder
+from ..modelfolder import ModelFolder
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,10 +45,12 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, folder: Path, config: ModelConfig, *, device: str = "auto", precision: str = "fp32"):
-        encoder = Encoder(config)
-        encoder.trunk.load_state_dict(load_state_dict(folder, config))
-        self._wrap(encoder, device, precision)
+    def __init__(self, folder: ModelFolder | Path, config: ModelConfig | None = None, *, device: str = "auto",
+                 precision: str = "fp32"):
+        if not isinstance(folder, ModelFolder):
+            folder = ModelFolder.at(folder, config)
+        self._wrap(folder.load_encoder() if config is None else Encoder.from_folder(folder.path, config),
+                   device, precision)
 
     @classmethod
     def from_encoder(cls, encoder: Encoder, *, device: str = "auto", precision: str = "fp32") -> "TorchBackend":

@@ -29,8 +29,8 @@ def run(args) -> int:
         say("note: --calibration without --int8 only feeds the parity check")
     if args.max_calibration < 1:
         args.parser.error("--max-calibration must be at least 1")
-    from ..backends.onnx import DEFAULT_OPSET
-    from ..export import export
+    from ..backends.onnx_check import export
+    from ..backends.onnx_export import DEFAULT_OPSET
 
     report = export(args.model, args.onnx, int8=args.int8, calibration=args.calibration, revision=args.revision,
                     opset=args.opset or DEFAULT_OPSET, max_images=args.max_calibration)

@@ -16,16 +16,15 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Resolve the model folder and print its config summary."""
-    from ..config import ModelConfig
-    from ..hub import resolve_model, verify_file
+    from ..modelfolder import ModelFolder
 
-    folder = resolve_model(args.model, revision=args.revision)
-    config = ModelConfig.load(folder)
+    model = ModelFolder.resolve(args.model, revision=args.revision)
+    folder, config = model.path, model.config
     verified = {}
     if args.verify:
         for name in config.files:
             if (folder / name).exists():
-                verify_file(folder, config, name)
+                model.verify(name)
                 verified[name] = "ok"
             else:
                 verified[name] = "absent"

@@ -31,7 +31,7 @@ def cached_folder(repo_id: str, revision: str | None) -> str | None:
 
 def availability(name: str, entry: dict) -> tuple[str, str | None]:
     """(status, local folder or None) of one registry entry, checked offline."""
-    from ..hub import embedded_dir
+    from ..modelfiles import embedded_dir
 
     if entry.get("embedded"):
         folder = embedded_dir() / entry["embedded"]
@@ -46,7 +46,7 @@ def availability(name: str, entry: dict) -> tuple[str, str | None]:
 
 def run(args) -> int:
     """Print the registry with availability."""
-    from ..hub import load_registry
+    from ..sources import load_registry
 
     registry = load_registry()
     rows = []

@@ -1,4 +1,7 @@
-"""ONNX export: uint8 NHWC → normalize → trunk → pool → L2 inside one graph; metadata; parity; int8 (QDQ)."""
+"""ONNX export: uint8 NHWC → normalize → trunk → pool → L2 inside one graph; its metadata; int8 (QDQ).
+
+This module defines the graph contract (input/output names, opset, export format) the onnx backend runs.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -10,13 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends.onnx import (DEFAULT_OPSET, EXPORT_FORMAT, INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_FEATURES,
-                            OnnxBackend)
-from .config import ModelConfig
-from .errors import BtembedError
-from .hub import WEIGHTS_FILE, __version__, resolve_model
-from .images import find_images
-from .preprocess import load_pixels
+from ..config import ModelConfig
+from ..errors import BtembedError
+from ..images import find_images
+from ..modelfiles import WEIGHTS_FILE, read_onnx_metadata
+from ..modelfolder import ModelFolder
+from ..preprocess import load_pixels
+from ..version import __version__
+
+INPUT_NAME = "pixels"
+OUTPUT_EMBEDDING, OUTPUT_FEATURES = "embedding", "features"
+DEFAULT_OPSET = 18
+# Bump when the exported graph changes shape or meaning, so cached exports are rebuilt rather than reused.
+EXPORT_FORMAT = 1
 
 # What a client must do before sending bytes; stored in the file so any language can reproduce it.
 PIXEL_CONTRACT = ("RGB uint8 [N, input_size, input_size, 3] (NHWC): resize the shorter side to resize_size with "
@@ -45,19 +54,14 @@ def onnx_metadata(config: ModelConfig, **extra) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata_props of an ONNX file, as a plain dict of strings."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+read_metadata = read_onnx_metadata  # the metadata_props of an ONNX file, as a plain dict of strings
 
 
 def _graph_module(encoder):
     """PixelEncoder with two outputs: the L2-normalized embedding and the raw pooled features."""
     import torch
 
-    from .model import PixelEncoder
+    from ..model import PixelEncoder
 
     class ExportGraph(torch.nn.Module):
         def __init__(self):
@@ -101,32 +105,28 @@ def check_output_path(out: Path) -> None:
         raise ExportError(f"cannot write into {out.parent} (permission denied); choose another --onnx path")
 
 
-def _load_encoder(model, config: ModelConfig | None, revision: str | None):
-    """(Encoder in eval mode, its config) from a folder/registry name/hub id, or an in-memory Encoder."""
-    from .model import Encoder
+def load_encoder(model, config: ModelConfig | None = None, revision: str | None = None):
+    """(Encoder in eval mode, its config) from a ModelFolder, a name (resolved once here) or an in-memory Encoder."""
+    from ..model import Encoder
 
     if isinstance(model, Encoder):
         return model.eval(), model.config
-    from .hub import load_state_dict
-
-    folder = resolve_model(model, revision=revision)
-    config = config or ModelConfig.load(folder)
+    folder = ModelFolder.resolve(model, revision=revision)
+    config = config or folder.config
     if not config.name:
-        config.name = folder.name
-    encoder = Encoder(config)
-    encoder.trunk.load_state_dict(load_state_dict(folder, config))
-    return encoder.eval(), config
+        config.name = folder.path.name
+    return Encoder.from_folder(folder.path, config), config
 
 
 def export_onnx(model, out: str | Path, *, config: ModelConfig | None = None, revision: str | None = None,
                 opset: int = DEFAULT_OPSET) -> Path:
-    """Export a model (folder, registry name, hub id or Encoder) to one self-contained fp32 ONNX file."""
+    """Export a model (ModelFolder, folder, registry name, hub id or Encoder) to one self-contained fp32 ONNX file."""
     import onnx
     import torch
 
     if opset < 17:
         raise ExportError(f"opset {opset} is too old; use 17 or newer")
-    encoder, config = _load_encoder(model, config, revision)
+    encoder, config = load_encoder(model, config, revision)
     size = config.preprocess.input_size
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     # The exporter prints progress on stdout; keep stdout clean for --json.
@@ -142,31 +142,9 @@ def export_onnx(model, out: str | Path, *, config: ModelConfig | None = None, re
     return _save_atomic(proto, Path(out))
 
 
-def parity(onnx_path: str | Path, model, pixels: np.ndarray, *, config: ModelConfig | None = None) -> dict:
-    """Compare an ONNX file with the fp32 torch graph on the same uint8 pixels: worst relative row difference."""
-    import torch
-
-    from .model import PixelEncoder
-
-    encoder, config = _load_encoder(model, config, None)
-    with torch.inference_mode():
-        reference = PixelEncoder(encoder, normalize=True).eval()(torch.from_numpy(pixels)).numpy()
-    got = OnnxBackend.from_file(onnx_path, config, device="cpu")(pixels)
-    return compare(got, reference)
-
-
-def compare(got: np.ndarray, reference: np.ndarray) -> dict:
-    """Row-wise agreement of two embedding matrices: max relative L2 difference, max abs difference, min cosine."""
-    rel = np.linalg.norm(got - reference, axis=1) / np.maximum(np.linalg.norm(reference, axis=1), 1e-12)
-    cos = np.sum(got * reference, axis=1) / np.maximum(
-        np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1), 1e-12)
-    return {"images": int(len(got)), "max_relative_diff": float(rel.max()),
-            "max_abs_diff": float(np.abs(got - reference).max()), "min_cosine": float(cos.min())}
-
-
 def calibration_pixels(folder: str | Path, config: ModelConfig, max_images: int = 128) -> np.ndarray:
     """Up to max_images real images of a folder through btembed's preprocessing → uint8 [N, H, W, 3]."""
-    from .errors import ImageError
+    from ..errors import ImageError
 
     try:
         paths = list(find_images(folder))
@@ -228,36 +206,3 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: str | Pat
         onnx.helper.set_model_props(model, meta)
         model.producer_name = "btembed"
         return _save_atomic(model, out)
-
-
-def export(model, out: str | Path, *, int8: bool = False, calibration: str | Path | None = None,
-           revision: str | None = None, opset: int = DEFAULT_OPSET, max_images: int = 128) -> dict:
-    """The `btembed export` job: fp32 (or int8) ONNX file + parity report, as a JSON-ready dict."""
-    from .hub import sha256_file
-
-    if int8 and calibration is None:
-        raise ExportError("int8 export needs --calibration DIR: a folder of real images to calibrate on")
-    out = Path(out)
-    check_output_path(out)
-    encoder, config = _load_encoder(model, None, revision)
-    size = config.preprocess.input_size
-    check_pixels = (calibration_pixels(calibration, config, max_images) if calibration is not None else
-                    np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8))
-    report = {"model": config.name, "onnx": str(out), "opset": opset, "int8": int8,
-              "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", size, size, 3]},
-              "outputs": [OUTPUT_EMBEDDING, OUTPUT_FEATURES]}
-    if not int8:
-        export_onnx(encoder, out, config=config, opset=opset)
-        report["parity_vs_torch"] = parity(out, encoder, check_pixels[:32], config=config)
-    else:
-        with tempfile.TemporaryDirectory(prefix="btembed-export-") as tmp:
-            fp32 = export_onnx(encoder, Path(tmp) / "fp32.onnx", config=config, opset=opset)
-            quantize_int8(fp32, out, check_pixels, config)
-            report["calibration_images"] = int(len(check_pixels))
-            got = OnnxBackend.from_file(out, config, device="cpu")(check_pixels)
-            ref = OnnxBackend.from_file(fp32, config, device="cpu")(check_pixels)
-            # Measured on the calibration images themselves: a sanity check, not a held-out score.
-            report["agreement_vs_fp32"] = compare(got, ref)
-    report["sha256"], report["bytes"] = sha256_file(out), out.stat().st_size
-    return report
-
