@@ -34,6 +34,7 @@ class ModelConfig:
     metrics: dict = field(default_factory=dict)  # measured numbers, with their protocol
     btembed_version: str = ""
     files: dict = field(default_factory=dict)  # file name → sha256
+    duplicate_threshold: float | None = None  # calibrated cosine for `btembed dedup` (btembed/search/calibrate.py)
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
