@@ -4,7 +4,7 @@ exact search on held-out queries, single-thread query latency p50/p99.
     python bench/index_ann.py                 # 200k × 2048-d (the machine's budget; see --n)
     python bench/index_ann.py --n 1000000     # the issue's 1M, needs ~3× 8 GB of RAM and much longer
 
-Every tier is built by btembed.ann.build, the same code `btembed index` runs. IVF-PQ re-scores its candidates
+Every tier is built by btembed.search.ann.build, the same code `btembed index` runs. IVF-PQ re-scores its candidates
 exactly from stored vectors; here those come from RAM, so a separate row times fetching them from a real SQLite
 catalog (what `btembed search` pays on top).
 """
@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from btembed.ann import AnnConfig, ArraySource, build, exact_knn, recall_at_k  # noqa: E402
-from btembed.catalog import CATALOG_FILE, Catalog  # noqa: E402
+from btembed.search.ann import AnnConfig, ArraySource, build, exact_knn, recall_at_k  # noqa: E402
+from btembed.search.catalog import CATALOG_FILE, Catalog  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -80,7 +80,7 @@ def main() -> None:
         report = json.loads(out)
         assert report["embedded"] == 0 and report["unchanged"] == args.files, report
         unchanged.append(s)
-    probe = ("import sys, time; t = time.perf_counter(); from btembed.indexer import index_folder; "
+    probe = ("import sys, time; t = time.perf_counter(); from btembed.search import index_folder; "
              "r = index_folder(sys.argv[1]); print(time.perf_counter() - t, r.unchanged, 'torch' in sys.modules)")
     inproc, torch_loaded = [], None
     for _ in range(args.repeat):

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from btembed.catalog import CATALOG_FILE, Catalog
-from btembed.dedup import UnionFind, find_duplicates
-from btembed.index import ImageIndex
-from btembed.indexer import IndexOptions, index_folder
+from btembed.search.catalog import CATALOG_FILE, Catalog
+from btembed.search.dedup import UnionFind, find_duplicates
+from btembed.search import ImageIndex
+from btembed.search import IndexOptions, index_folder
 
 
 def names(groups, root):

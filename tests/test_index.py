@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from btembed.catalog import Catalog
+from btembed.search.catalog import Catalog
 from btembed.errors import CatalogError, ModelError
-from btembed.index import INDEX_FILE, ImageIndex
-from btembed.indexer import IndexOptions, index_folder
-from btembed.lock import WriterLock
+from btembed.search import ImageIndex
+from btembed.search.store import INDEX_FILE
+from btembed.search import IndexOptions, index_folder
+from btembed.search.lock import WriterLock
 
 from conftest import make_model_dir
 
@@ -95,7 +96,7 @@ def vector_of(folder, rel):
     """The catalog's stored vector for one file."""
     catalog = Catalog.open(folder / ".btembed" / "catalog.sqlite", read_only=True)
     try:
-        row_id = catalog.lookup(rel)[0]
+        row_id = catalog.lookup(rel).id
         return catalog.fetch([row_id])[0]
     finally:
         catalog.close()
@@ -313,7 +314,7 @@ def test_second_writer_exits_clearly_and_stale_lock_is_taken_over(folder, tiny_m
     # The holder keeps the lock until its stdin closes, not for a fixed time: a slow start of the second
     # process on a loaded machine must not find the lock already free.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from btembed.lock import WriterLock; "
+        [sys.executable, "-c", "import sys; from btembed.search.lock import WriterLock; "
          "WriterLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()", str(store)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

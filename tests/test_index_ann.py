@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from btembed.ann import (AnnConfig, AnnIndex, ArraySource, build, choose_nlist, choose_tier, exact_knn,
+from btembed.search.ann import (AnnConfig, AnnIndex, ArraySource, build, choose_nlist, choose_tier, exact_knn,
                          needs_rebuild, parse_size, recall_at_k)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from btembed.images import find_images
-from btembed.index import ImageIndex
+from btembed.search import ImageIndex
 
 
 def add_images(folder: Path, start: int, count: int, seed: int) -> None:

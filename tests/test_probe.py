@@ -63,7 +63,7 @@ def test_probe_json_agrees_with_sklearn(shapes_dir, tiny_model_dir, capsys):
 
     from btembed.embedder import Embedder
     from btembed.probe import fit_standardizer, stratified_folds
-    from btembed.probe_data import scan_labeled_folder
+    from btembed.probe.data import scan_labeled_folder
 
     doc = run_json(capsys, ["probe", str(shapes_dir), "--model", str(tiny_model_dir), "--json", "--workers", "0"])
     for key in ("top1", "top5", "balanced_accuracy"):

@@ -19,9 +19,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Find groups and print them (first path of each group is its representative)."""
-    from ..dedup import find_duplicates
+    from ..search.dedup import find_duplicates
     from ..errors import BtembedError
-    from ..index import ImageIndex
+    from ..search import ImageIndex
 
     if not -1.0 <= args.threshold <= 1.0:
         raise BtembedError("--threshold is a cosine similarity between -1 and 1")

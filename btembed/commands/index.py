@@ -29,7 +29,7 @@ def run(args) -> int:
     """Index, then summarise on stderr (and as JSON on stdout with --json)."""
     import sys
 
-    from ..indexer import IndexOptions, index_folder
+    from ..search import IndexOptions, index_folder
 
     opts = IndexOptions(model=args.model, revision=args.revision, db=args.db, max_memory=args.max_memory,
                         retry_errors=args.retry_errors, rebuild=args.rebuild, wait=args.wait,

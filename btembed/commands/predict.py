@@ -21,7 +21,7 @@ def register(sub) -> None:
 def feature_source(args, saved):
     """Load what makes the classifier's features: raw pixels, or the recorded (or given) model."""
     from ..embedder import Embedder
-    from ..probe_data import RawPixels
+    from ..probe.data import RawPixels
 
     want = saved.features
     if want.get("kind") == "raw32":
@@ -42,8 +42,8 @@ def feature_source(args, saved):
 
 def run(args) -> int:
     """Load the classifier, check the model matches, embed, print top classes."""
-    from ..classifier import SavedClassifier
-    from ..probe_data import extract_features, feature_identity
+    from ..probe.classifier import SavedClassifier
+    from ..probe.data import extract_features, feature_identity
     from .embed import collect_paths
 
     if args.top < 1:

@@ -36,15 +36,15 @@ def register(sub) -> None:
 
 def feature_source(args):
     """The object that turns files into features, and how predict can load it again (None: nothing to load)."""
-    from ..probe_data import RawPixels, random_init_embedder
+    from ..probe.data import RawPixels, random_init_embedder
 
     if args.features == "raw32":
         return RawPixels(), {"features": "raw32"}
     if args.features == "random-init":
         from ..config import ModelConfig
-        from ..hub import resolve_model
+        from ..modelfolder import ModelFolder
 
-        config = ModelConfig.load(resolve_model(args.model, revision=args.revision))
+        config = ModelFolder.resolve(args.model, revision=args.revision).config
         return random_init_embedder(config, args.seed, args.device, args.precision), None
     embedder = load_embedder(args)
     ref = args.model
@@ -58,7 +58,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..probe import ProbeConfig, evaluate, format_confusion
-    from ..probe_data import (catalog_vectors, class_check, extract_features, feature_identity,
+    from ..probe.data import (catalog_vectors, class_check, extract_features, feature_identity,
                               scan_labeled_folder)
 
     if args.folds < 2:
@@ -129,7 +129,7 @@ def probe_device(device: str) -> str:
 
 def save_classifier(args, x, y, train_mask, classes, config, identity, ref, doc):
     """Fit the final head on every usable training image and write the classifier folder."""
-    from ..classifier import SavedClassifier
+    from ..probe.classifier import SavedClassifier
     from ..probe import LinearClassifier
 
     if train_mask is not None:

@@ -22,7 +22,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..errors import BtembedError, ImageError
-    from ..index import ImageIndex
+    from ..search import ImageIndex
 
     if args.k < 1:
         raise BtembedError("-k must be at least 1")

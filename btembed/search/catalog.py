@@ -12,7 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import CatalogError
+from ..errors import CatalogError
+from .stamp import ModelStamp
 
 SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.sqlite"
@@ -77,6 +78,9 @@ def set_aside(path: Path) -> Path:
     return aside
 
 
+_ROW_COLUMNS = "id, path, size, mtime_ns, phash, status, error"
+
+
 @dataclass
 class Row:
     """What the indexer needs to know about a cataloged file, without its vector."""
@@ -87,6 +91,21 @@ class Row:
     mtime_ns: int
     phash: str | None
     status: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the file has a vector."""
+        return self.status == "ok"
+
+
+@dataclass
+class Outcome:
+    """A file's stored result: its vector blob, or the error that kept it from having one."""
+
+    phash: str | None
+    vector: bytes | None
+    error: str | None
 
 
 class Catalog:
@@ -195,6 +214,10 @@ class Catalog:
         """All meta values."""
         return dict(self.conn.execute("SELECT key, value FROM meta"))
 
+    def model_stamp(self) -> ModelStamp | None:
+        """The model recorded for the vectors, or None for a new catalog."""
+        return ModelStamp.from_meta(self.meta())
+
     @property
     def generation(self) -> int:
         """Bumped once by every index run that changes rows; the FAISS file is stamped with it."""
@@ -224,8 +247,29 @@ class Catalog:
     # --- rows -------------------------------------------------------------------------------------------------
     def rows(self) -> dict[str, Row]:
         """relative path → Row, for every cataloged file."""
-        cur = self.conn.execute("SELECT id, path, size, mtime_ns, phash, status FROM files")
+        cur = self.conn.execute(f"SELECT {_ROW_COLUMNS} FROM files")
         return {r[1]: Row(*r) for r in cur}
+
+    def outcome(self, path: str) -> Outcome | None:
+        """The stored vector (or error) of one relative path, or None when it has no row."""
+        row = self.conn.execute("SELECT phash, vector, error FROM files WHERE path = ?", (path,)).fetchone()
+        return Outcome(*row) if row else None
+
+    def set_content_hash(self, path: str, phash: str) -> None:
+        """Record a file's content hash, leaving its vector and generation alone; call inside a transaction."""
+        self.conn.execute("UPDATE files SET phash = ? WHERE path = ?", (phash, path))
+
+    def identical_groups(self) -> list[list[Row]]:
+        """Good rows that share size and content hash with another good row, grouped (copies of one file)."""
+        cur = self.conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM files WHERE status = 'ok' AND (size, phash) IN "
+            "(SELECT size, phash FROM files WHERE status = 'ok' GROUP BY size, phash HAVING COUNT(*) > 1) "
+            "ORDER BY size, phash, id")
+        groups: dict[tuple, list[Row]] = {}
+        for r in cur:
+            row = Row(*r)
+            groups.setdefault((row.size, row.phash), []).append(row)
+        return list(groups.values())
 
     def vector_for_hash(self, size: int, phash: str) -> bytes | None:
         """The stored vector blob of any good file with this size and content hash (a copy or a rename)."""
@@ -276,10 +320,10 @@ class Catalog:
             out.update(self.conn.execute(q, chunk))
         return out
 
-    def lookup(self, path: str) -> tuple | None:
-        """(id, size, mtime_ns, phash, status) of one relative path, or None."""
-        return self.conn.execute("SELECT id, size, mtime_ns, phash, status FROM files WHERE path = ?",
-                                 (path,)).fetchone()
+    def lookup(self, path: str) -> Row | None:
+        """The row of one relative path, or None."""
+        r = self.conn.execute(f"SELECT {_ROW_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
+        return Row(*r) if r else None
 
     # --- vectors ----------------------------------------------------------------------------------------------
     def _decode(self, rows) -> tuple[np.ndarray, np.ndarray]:

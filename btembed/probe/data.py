@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BtembedError, ImageError
-from .images import find_images
-from .preprocess import PreprocessConfig, load_pixels
+from ..errors import BtembedError, ImageError
+from ..images import find_images
+from ..preprocess import PreprocessConfig, load_pixels
 
 SPLIT_NAMES = ("train", "val")
 FEATURE_KINDS = ("model", "raw32", "random-init")
@@ -111,9 +111,9 @@ def random_init_embedder(config, seed: int = 0, device: str = "auto", precision:
 
     import torch
 
-    from .backends.torch import TorchBackend
-    from .embedder import Embedder
-    from .model import Encoder
+    from ..backends.torch import TorchBackend
+    from ..embedder import Embedder
+    from ..model import Encoder
 
     config = copy.deepcopy(config)
     config.name = f"random-init/{config.architecture}/seed{seed}"
@@ -134,43 +134,16 @@ def feature_identity(source) -> dict:
 
 
 def catalog_vectors(root: Path, identity: dict, paths: list) -> tuple[dict, str]:
-    """{position: vector} for paths an index catalog of root already holds, unchanged, for the same model.
+    """{position: vector} for paths that `btembed index root` already holds, unchanged, for the same model.
 
-    Reuses `btembed index` work: a file counts as unchanged when its size and mtime match the catalog row.
-    Returns ({}, why) when there is no usable catalog.
+    Returns ({}, why) when there is no usable catalog (why is '' when there is none at all).
     """
-    from .catalog import CATALOG_FILE, Catalog
-    from .errors import CatalogError
+    from ..search import stored_vectors
 
-    # `btembed index DIR` keeps its catalog in DIR/.btembed/ (btembed.index.STORE_DIR).
-    path = Path(root) / ".btembed" / CATALOG_FILE
-    if identity.get("kind") != "model" or not path.is_file():
+    if identity.get("kind") != "model":
         return {}, ""
-    try:
-        catalog = Catalog.open(path, read_only=True)
-    except CatalogError as e:
-        return {}, f"index catalog not used ({e})"
-    try:
-        meta = catalog.meta()
-        if not identity.get("sha256") or meta.get("model_sha256") != identity["sha256"] or \
-                catalog.dim != identity["dim"]:
-            return {}, f"index catalog {path} was built with another model; embedding afresh"
-        found = {}
-        for i, p in enumerate(paths):
-            row = catalog.lookup(Path(os.path.relpath(p, root)).as_posix())
-            if row is None or row[4] != "ok":
-                continue
-            try:
-                st = os.stat(p)
-            except OSError:
-                continue
-            if (row[1], row[2]) == (st.st_size, st.st_mtime_ns):
-                found[i] = row[0]
-        ids = list(found.values())
-        vectors = catalog.fetch(ids) if ids else np.zeros((0, identity["dim"]), np.float32)
-        return dict(zip(found, vectors)), f"reused {len(found)} vectors from the index catalog {path}"
-    finally:
-        catalog.close()
+    return stored_vectors(root, paths, weights_sha256=identity.get("sha256") or "", dim=identity["dim"],
+                          model_id=identity["model"])
 
 
 def extract_features(source, paths: list, batch_size: int = 64, num_workers: int | None = None,

@@ -1,21 +1,19 @@
-"""ImageIndex: search an indexed folder. The FAISS file is derived from the catalog and rebuilt when stale."""
+"""ImageIndex: search an indexed folder; stored_vectors: the catalog's vectors for other readers (probe)."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from .ann import AnnConfig, AnnIndex, build, needs_rebuild
+from ..errors import CatalogError, ModelError
+from .ann import AnnIndex
 from .catalog import CATALOG_FILE, Catalog
-from .errors import CatalogError, ModelError
 from .lock import WriterLock
-
-STORE_DIR = ".btembed"
-INDEX_FILE = "index.faiss"
+from .refresh import index_is_current, sync_ann
+from .stamp import ModelStamp
+from .store import INDEX_FILE, STORE_DIR, locate_store
 
 
 @dataclass
@@ -33,86 +31,6 @@ class Hit:
     def to_dict(self) -> dict:
         """JSON-ready {path, score}."""
         return {"path": self.path, "score": round(self.score, 6)}
-
-
-def locate_store(path: str | os.PathLike, db: str | os.PathLike | None = None) -> Path:
-    """The index folder of a photo folder (PHOTOS/.btembed), an index folder itself, or --db when given."""
-    if db is not None:
-        return Path(db)
-    p = Path(path)
-    if (p / CATALOG_FILE).is_file():
-        return p
-    if p.is_file() and p.name == CATALOG_FILE:
-        return p.parent
-    return p / STORE_DIR
-
-
-class CatalogSource:
-    """The catalog's good rows as an ann.VectorSource."""
-
-    def __init__(self, catalog: Catalog):
-        self.catalog = catalog
-        self.count = catalog.count()
-        self.dim = catalog.dim or 0
-
-    def chunks(self):
-        return self.catalog.chunks()
-
-    def sample(self, n, seed=0):
-        return self.catalog.sample(n, seed)
-
-    def fetch(self, ids):
-        return self.catalog.fetch(ids)
-
-
-def ann_config(catalog: Catalog) -> AnnConfig:
-    """The tiering settings recorded in the catalog (set by `btembed index --max-memory`)."""
-    return AnnConfig.from_dict(json.loads(catalog.get("ann_config", "{}")))
-
-
-def _header(catalog: Catalog) -> dict:
-    return {"catalog_uuid": catalog.get("catalog_uuid"), "generation": catalog.generation,
-            "dim": catalog.dim, "model_sha256": catalog.get("model_sha256", "")}
-
-
-def index_is_current(catalog: Catalog, store: Path) -> bool:
-    """True when STORE/index.faiss was built from exactly this catalog generation (reads the header only)."""
-    head = AnnIndex.read_header(store / INDEX_FILE)
-    return head is not None and all(head.get(k) == v for k, v in _header(catalog).items())
-
-
-def sync_ann(catalog: Catalog, store: Path, save: bool, say: Callable[[str], None] | None = None) -> AnnIndex:
-    """Load STORE/index.faiss, bring it up to the catalog's generation (update or rebuild), save when asked."""
-    say = say or (lambda _m: None)
-    path, want, cfg = store / INDEX_FILE, _header(catalog), ann_config(catalog)
-    head = AnnIndex.read_header(path)
-    ann = None
-    same_base = head is not None and all(head.get(k) == want[k] for k in ("catalog_uuid", "dim", "model_sha256"))
-    if same_base and head["generation"] <= want["generation"]:
-        try:
-            ann, head = AnnIndex.load(path)
-        except (OSError, ValueError) as e:
-            say(f"rebuilding the search index: {e}")
-    if ann is not None and head["generation"] == want["generation"]:
-        return ann
-    n = catalog.count()
-    if ann is not None:
-        changed, gone = catalog.changed_since(head["generation"])
-        ann.remove(np.concatenate([changed, gone]))
-        for ids, vecs in catalog.chunks(min_gen=head["generation"]):
-            ann.add(ids, vecs)
-        if needs_rebuild(ann, n, cfg) or ann.ntotal != n:
-            ann = None
-    if ann is None:
-        say(f"building the search index over {n} vectors")
-        ann = build(CatalogSource(catalog), cfg, progress=say)
-    if save:
-        ann.save(path, want)
-        if not catalog.read_only:  # a search leaves them for the next index run: it never writes the catalog
-            catalog.prune_tombstones(want["generation"])
-        for stale in store.glob(f"{INDEX_FILE}.tmp-*"):
-            stale.unlink(missing_ok=True)  # left by a killed writer; we hold the lock, so none is in use
-    return ann
 
 
 class ImageIndex:
@@ -166,20 +84,18 @@ class ImageIndex:
     def embedder(self):
         """The model the folder was indexed with (loaded on first use; needs torch)."""
         if self._embedder is None:
-            from .embedder import Embedder
+            from ..embedder import Embedder
 
-            meta = self.catalog.meta()
+            recorded = self.catalog.model_stamp()
             try:
-                self._embedder = Embedder.from_pretrained(meta.get("model_source"),
-                                                          revision=meta.get("model_revision"))
+                embedder = Embedder.from_pretrained(recorded.model_source, revision=recorded.model_revision)
             except ModelError as e:
                 raise ModelError(f"the model {self.root} was indexed with cannot be loaded any more ({e}); "
                                  "re-index the folder with `btembed index --rebuild --model M`") from None
-            sha = meta.get("model_sha256", "")
-            got = self._embedder.config.files.get("model.safetensors", "")
-            if sha and got and sha != got:
-                raise CatalogError(f"the model at {meta.get('model_source')} changed since {self.root} was indexed; "
+            if not recorded.same_model(ModelStamp(**embedder.model_folder.identity())):
+                raise CatalogError(f"the model at {recorded.model_source} changed since {self.root} was indexed; "
                                    "re-run `btembed index --rebuild` or pass the original model")
+            self._embedder = embedder
         return self._embedder
 
     def _stored_vector(self, item) -> np.ndarray | None:
@@ -188,13 +104,10 @@ class ImageIndex:
             return None
         try:
             rel = Path(os.path.abspath(item)).relative_to(os.path.abspath(self.root)).as_posix()
-            st = os.stat(item)
-        except (ValueError, OSError):
+        except ValueError:
             return None
-        row = self.catalog.lookup(rel)
-        if row is None or row[4] != "ok" or (row[1], row[2]) != (st.st_size, st.st_mtime_ns):
-            return None
-        return self.catalog.fetch([row[0]])[0]
+        found = _unchanged_vectors(self.catalog, [(rel, item)])
+        return found.get(0)
 
     def vectors(self, queries) -> np.ndarray:
         """Query vectors for images (paths, PIL images, uint8 arrays) or vectors [D] / [N, D]."""
@@ -230,3 +143,47 @@ class ImageIndex:
     def close(self) -> None:
         """Close the catalog connection."""
         self.catalog.close()
+
+
+def _unchanged_vectors(catalog: Catalog, items: list) -> dict[int, np.ndarray]:
+    """{position: vector} of (relative path, file) pairs whose good row still matches the file's size and mtime."""
+    found: dict[int, int] = {}
+    for i, (rel, path) in enumerate(items):
+        row = catalog.lookup(rel)
+        if row is None or not row.ok:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns):
+            found[i] = row.id
+    vectors = catalog.fetch(list(found.values())) if found else []
+    return dict(zip(found, vectors))
+
+
+def stored_vectors(folder: str | os.PathLike, paths: list, *, weights_sha256: str, dim: int,
+                   model_id: str = "") -> tuple[dict[int, np.ndarray], str]:
+    """{position: vector} for the files of paths that `btembed index folder` holds unchanged, embedded by the
+    model whose weights have this sha256.
+
+    A file counts as unchanged when its size and mtime match its catalog row. Returns ({}, why) when the folder
+    has no usable catalog (why is '' when it has none at all).
+    """
+    path = Path(folder) / STORE_DIR / CATALOG_FILE
+    if not path.is_file():
+        return {}, ""
+    try:
+        catalog = Catalog.open(path, read_only=True)
+    except CatalogError as e:
+        return {}, f"index catalog not used ({e})"
+    model = ModelStamp(model_id, None, None, weights_sha256, dim)
+    try:
+        recorded = catalog.model_stamp()
+        if not model.model_sha256 or recorded is None or not recorded.same_model(model):
+            return {}, f"index catalog {path} was built with another model; embedding afresh"
+        items = [(Path(os.path.relpath(p, folder)).as_posix(), p) for p in paths]
+        found = _unchanged_vectors(catalog, items)
+        return found, f"reused {len(found)} vectors from the index catalog {path}"
+    finally:
+        catalog.close()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BtembedError, ModelError
-from .hub import __version__, sha256_file
-from .probe import LinearClassifier
+from ..errors import BtembedError, ModelError
+from ..modelfiles import sha256_file
+from ..version import __version__
+from .protocol import LinearClassifier
 
 WEIGHTS = "classifier.safetensors"
 LABELS = "labels.json"

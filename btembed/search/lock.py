@@ -6,7 +6,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import CatalogError
+from ..errors import CatalogError
 
 try:
     import fcntl

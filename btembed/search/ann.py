@@ -10,7 +10,7 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .errors import CatalogError
+from ..errors import CatalogError
 
 MAGIC = b"BTEMBED-FAISS-1\n"
 # Probe ladder (~1.5x steps): fine enough that the chosen nprobe is not twice what the recall target needs.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .hub import sha256_file
-from .index import Hit, ImageIndex
+from ..modelfiles import sha256_file
+from .search import Hit, ImageIndex
 
 
 class UnionFind:
@@ -46,18 +46,12 @@ def exact_copy_pairs(index: ImageIndex) -> list[tuple[int, int]]:
     """(id, id) pairs of files with identical bytes: same size + hash, confirmed by a full sha256."""
     # The confirmation matters for a catalog opened only read-only since an older btembed: it still holds partial
     # hashes (a writable open forgets them).
-    cur = index.catalog.conn.execute(
-        "SELECT id, path, size, phash FROM files WHERE status = 'ok' AND (size, phash) IN "
-        "(SELECT size, phash FROM files WHERE status = 'ok' GROUP BY size, phash HAVING COUNT(*) > 1)")
-    candidates = defaultdict(list)
-    for row_id, path, size, phash in cur:
-        candidates[(size, phash)].append((row_id, path))
     pairs = []
-    for members in candidates.values():
+    for members in index.catalog.identical_groups():
         by_sha = defaultdict(list)
-        for row_id, path in members:
+        for row in members:
             try:
-                by_sha[sha256_file(index.root / path)].append(row_id)
+                by_sha[sha256_file(index.root / row.path)].append(row.id)
             except OSError:
                 continue  # vanished since indexing
         for ids in by_sha.values():

@@ -1,0 +1,237 @@
+"""Carry out a Plan: record errors, copy reusable vectors, forget vanished files, embed the rest — one committed
+transaction per batch — then bring the FAISS file up to date. `index_folder` is the whole `btembed index` run."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import CatalogError, ModelError
+from .ann import AnnConfig, parse_size
+from .catalog import CATALOG_FILE, Catalog, DamagedCatalog, set_aside
+from .lock import WriterLock
+from .plan import Plan, hash_file, make_plan
+from .refresh import index_is_current, saved_tier, sync_ann
+from .stamp import ModelStamp
+from .store import open_store
+
+# Rows written per transaction while hashing/reusing (embedding commits once per model batch).
+WRITE_BATCH = 512
+
+
+@dataclass
+class IndexOptions:
+    """Everything `btembed index` can be asked to do, as data."""
+
+    model: str | None = None  # None: the model recorded in the catalog, else the embedded default
+    revision: str | None = None
+    db: str | None = None  # index folder; default PHOTOS/.btembed
+    max_memory: str | int | None = None  # FAISS RAM budget; default half the machine's memory
+    retry_errors: bool = False
+    rebuild: bool = False
+    wait: float = 0.0  # seconds to wait for another writer
+    batch_size: int = 64
+    workers: int | None = None
+    backend: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    vector_dtype: str = "float16"  # how vectors are stored in the catalog (new catalogs only)
+    progress: bool | None = None
+
+
+@dataclass
+class IndexReport:
+    """What one run did; `new` counts paths not cataloged before (copies/renames too), `reused` those of them
+    (and changed files) whose vector was copied from an identical file instead of embedded."""
+
+    total: int = 0
+    new: int = 0
+    updated: int = 0
+    retried: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    reused: int = 0
+    embedded: int = 0
+    failed: int = 0
+    failures: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # [{path, reason}] of files the catalog cannot hold
+    store: str = ""
+    model: str = ""
+    tier: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready mapping."""
+        return asdict(self)
+
+
+def default_max_memory() -> int:
+    """Half of physical memory: the FAISS index should leave room for everything else."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _resolve_model(catalog: Catalog, opts: IndexOptions, say):
+    """Resolve the run's model (once: the ModelFolder is passed down) and refuse another one than the catalog's
+    unless rebuilding -> (ModelFolder, its stamp)."""
+    from ..modelfolder import ModelFolder
+
+    recorded = catalog.model_stamp()
+    meta = catalog.meta()
+    spec = opts.model if opts.model is not None else meta.get("model_source")
+    revision = opts.revision if opts.model is not None else (opts.revision or meta.get("model_revision"))
+    try:
+        model = ModelFolder.resolve(spec, revision=revision)
+    except ModelError as e:
+        if opts.model is not None:
+            raise
+        folder = meta.get("root") or catalog.path.parent
+        raise ModelError(f"the model {folder} was indexed with cannot be loaded any more ({e}); pass "
+                         "--model with the same weights, or --rebuild --model M to re-embed with another") from None
+    stamp = ModelStamp(**model.identity())
+    if recorded is not None and not recorded.same_model(stamp):
+        if not opts.rebuild:
+            raise CatalogError(
+                f"{catalog.path.parent} was indexed with model {recorded.model_id} ({recorded.dim}-d, weights "
+                f"{(recorded.model_sha256 or '?')[:12]}), not {stamp.model_id} ({stamp.dim}-d, weights "
+                f"{stamp.model_sha256[:12]}); pass --rebuild to re-embed everything with the new model, "
+                "or --db to keep a separate index")
+        say(f"--rebuild: discarding {catalog.count() + catalog.count('error')} cataloged files of model "
+            f"{recorded.model_id}")
+    return model, stamp
+
+
+def index_folder(folder: str | os.PathLike, opts: IndexOptions | None = None,
+                 say: Callable[[str], None] | None = None) -> IndexReport:
+    """Bring the catalog and FAISS index of folder up to date; the single writer holds the lock throughout."""
+    t0 = time.perf_counter()
+    opts = opts or IndexOptions()
+    say = say or (lambda _m: None)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CatalogError(f"{folder} is not a folder; give the folder of images to index")
+    store = open_store(folder, opts.db)
+    with WriterLock(store).acquire(wait=opts.wait):
+        catalog = _open_for_writing(store / CATALOG_FILE, opts, say)
+        try:
+            report = _run(folder, store, catalog, opts, say)
+        finally:
+            catalog.close()
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _open_for_writing(path: Path, opts: IndexOptions, say) -> Catalog:
+    """Open (or create) the catalog; with --rebuild a damaged one is set aside (kept for inspection) and replaced."""
+    try:
+        return Catalog.open(path, create=True)
+    except DamagedCatalog:
+        if not opts.rebuild:
+            raise
+    aside = set_aside(path)
+    say(f"--rebuild: the damaged catalog was moved to {aside}; indexing the folder from scratch")
+    return Catalog.open(path, create=True)
+
+
+def _record_settings(catalog: Catalog, root: str, stamp: ModelStamp, opts: IndexOptions) -> None:
+    """Write the model stamp, folder and FAISS settings into the catalog's meta (only when they changed)."""
+    max_memory = parse_size(opts.max_memory) if opts.max_memory is not None else None
+    cfg = AnnConfig.from_dict(json.loads(catalog.get("ann_config", "{}")))
+    if max_memory is not None or cfg.max_memory is None:
+        cfg.max_memory = max_memory or default_max_memory()
+    meta = {**stamp.to_meta(), "root": root, "ann_config": json.dumps(asdict(cfg))}
+    if catalog.get("vector_dtype") is None or opts.rebuild:
+        meta["vector_dtype"] = opts.vector_dtype
+    if any(catalog.get(k) != (None if v is None else str(v)) for k, v in meta.items()):
+        catalog.set_many(meta)
+
+
+def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -> IndexReport:
+    root = str(folder.resolve())
+    recorded_root = catalog.get("root")
+    if opts.db is not None and recorded_root and recorded_root != root and not opts.rebuild:
+        raise CatalogError(f"the index {store} belongs to folder {recorded_root}, not {root}; pass --rebuild to "
+                           "start it over for this folder, or another --db")
+    model, stamp = _resolve_model(catalog, opts, say)
+    if opts.rebuild:
+        catalog.clear()
+        catalog.bump_generation()
+    _record_settings(catalog, root, stamp, opts)
+    plan = make_plan(folder, catalog, opts.retry_errors)
+    report = IndexReport(store=str(store), model=stamp.model_id, deleted=len(plan.vanished),
+                         unchanged=plan.unchanged, skipped=list(plan.skipped), **plan.counts())
+    apply_plan(plan, catalog, model, opts, report)
+    report.total = catalog.count()
+    report.failures = catalog.failures()
+    report.failed = len(report.failures)
+    if not index_is_current(catalog, store):
+        report.tier = sync_ann(catalog, store, save=True, say=say).tier
+    else:
+        report.tier = saved_tier(store)
+    return report
+
+
+def _batches(items: list, size: int = WRITE_BATCH):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def apply_plan(plan: Plan, catalog: Catalog, model, opts: IndexOptions, report: IndexReport) -> None:
+    """Write a plan (or one shard of it) into the catalog with the model (a ModelFolder); counts into report."""
+    for batch in _batches(plan.rehash):
+        with catalog.transaction():
+            for entry in batch:
+                phash, err = hash_file(entry.path, entry.size)
+                if err is None:  # vectors and generations stay: nothing about the file itself changed
+                    catalog.set_content_hash(entry.rel, phash)
+    gen = catalog.bump_generation() if plan.changes_rows else catalog.generation
+    # Errors and reuses before forgetting the vanished rows, since a renamed file's vector lives in its old row.
+    for batch in _batches(plan.errors + plan.reuse):
+        with catalog.transaction():
+            for e in batch:
+                blob = None if e.error is not None else catalog.vector_for_hash(e.size, e.phash)
+                if e.error is None and blob is None:  # its source went since planning: the next run embeds it
+                    continue
+                catalog.put(e.rel, e.size, e.mtime_ns, e.phash, gen, vector=blob, error=e.error)
+                report.reused += e.error is None
+    if plan.vanished:
+        with catalog.transaction():
+            catalog.delete([row.id for row in plan.vanished], gen)
+    if plan.embed:
+        _embed(catalog, plan.embed, model, opts, gen, report)
+    for batch in _batches(plan.copies):
+        with catalog.transaction():
+            for e in batch:
+                first = catalog.outcome(e.same_as)
+                if first is None:  # the first file was never embedded (interrupted): the next run does both
+                    continue
+                catalog.put(e.rel, e.size, e.mtime_ns, first.phash, gen, vector=first.vector, error=first.error)
+                report.reused += first.error is None
+
+
+def _embed(catalog: Catalog, entries: list, model, opts: IndexOptions, gen: int, report: IndexReport) -> None:
+    """Run the model over entries; one committed transaction per batch."""
+    from ..embedder import Embedder
+
+    # load_async: the ONNX session is built while the decode threads fill the first batches (cold start).
+    embedder = Embedder.from_pretrained(model, device=opts.device, backend=opts.backend, precision=opts.precision,
+                                        load_async=True)
+    if embedder.dim != model.config.embedding_dim:
+        raise CatalogError(f"model {model.display_name} produced {embedder.dim}-d vectors, its config says "
+                           f"{model.config.embedding_dim}")
+    by_path = {str(e.path): e for e in entries}
+    for batch in embedder.embed_batches([e.path for e in entries], batch_size=opts.batch_size,
+                                        num_workers=opts.workers, progress=opts.progress):
+        with catalog.transaction():
+            for item, vector, error in zip(batch.items, batch.vectors, batch.errors):
+                e = by_path[str(item)]
+                if error is not None:
+                    catalog.put(e.rel, e.size, e.mtime_ns, e.phash, gen, error=error.cause)
+                else:
+                    catalog.put(e.rel, e.size, e.mtime_ns, e.phash, gen, vector=catalog.encode(vector))
+                    report.embedded += 1
