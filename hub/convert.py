@@ -1,17 +1,15 @@
 """Convert the official Barlow Twins release (torch.hub resnet50.pth or the full checkpoint.pth) to a model folder.
 
-Loading uses torch.load(weights_only=True) only: tensors and plain containers come back, any other pickled object
-is refused before it is built, so a tampered file cannot run code. Weights are copied bit for bit.
+The converting itself is btembed's own (btembed/convert.py: safe loading, layouts, bit-exact copy), the same one
+`Embedder.from_pretrained("btembed/r50")` uses; this module adds what a maintainer's conversion records: the
+authors' figures, how they trained, and whether the bytes are a known release.
 """
 from __future__ import annotations
 
-import pickle
-import re
-from collections.abc import Mapping
 from pathlib import Path
 
-from btembed.config import ARCHITECTURES, ModelConfig
-from btembed.errors import BtembedError
+from btembed.config import ModelConfig
+from btembed.convert import ConvertError, load_checkpoint, read_trunk, write_trunk  # noqa: F401 (re-exported)
 from btembed.modelfiles import sha256_file
 from btembed.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
@@ -19,7 +17,9 @@ from btembed.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 # ImageNet mean/std.
 OFFICIAL_PREPROCESS = PreprocessConfig(input_size=224, resize_size=256, interpolation="bilinear", crop="center",
                                        mean=IMAGENET_MEAN, std=IMAGENET_STD)
-OFFICIAL_LICENSE = "cc-by-nc-4.0"  # the official repository is released under CC-BY-NC 4.0
+# The authors relicensed the repository (code and weights) from CC-BY-NC 4.0 to MIT in July 2021; their README's
+# License section: "This project is released under MIT License, which allows commercial use."
+OFFICIAL_LICENSE = "mit"
 PAPER = "Zbontar et al. 2021, Barlow Twins: Self-Supervised Learning via Redundancy Reduction (ICML)"
 RELEASE_README = "facebookresearch/barlowtwins README, 'Pretrained Model' table"
 LINEAR = "linear classifier trained on the frozen trunk's features (ImageNet train), single 224 center crop"
@@ -37,11 +37,11 @@ REPORTED_METRICS = {
                              "reference": f"{PAPER}, Table 1"},
     "imagenet_linear_top5": {"value": 91.0, "unit": "%", "dataset": "ImageNet-1k val", "protocol": LINEAR,
                              "reference": f"{PAPER}, Table 1"},
-    "released_checkpoint_linear_top1": {"value": 73.3, "unit": "%", "dataset": "ImageNet-1k val",
-                                        "protocol": LINEAR + " (evaluate.py, --lr-classifier 0.1)",
+    "released_checkpoint_linear_top1": {"value": 73.5, "unit": "%", "dataset": "ImageNet-1k val",
+                                        "protocol": LINEAR + " (evaluate.py, --lr-classifier 0.3)",
                                         "reference": RELEASE_README},
     "released_checkpoint_linear_top5": {"value": 91.0, "unit": "%", "dataset": "ImageNet-1k val",
-                                        "protocol": LINEAR + " (evaluate.py, --lr-classifier 0.1)",
+                                        "protocol": LINEAR + " (evaluate.py, --lr-classifier 0.3)",
                                         "reference": RELEASE_README},
     "imagenet_semisup_1pct_top1": {"value": 55.0, "unit": "%", "dataset": "ImageNet-1k val",
                                    "protocol": SEMI + ": 1 %", "reference": f"{PAPER}, Table 2"},
@@ -67,104 +67,11 @@ OFFICIAL_TRAINING = {
     "time": "about 7 days (reported by the authors)",
     "trained_by": "the original authors (Facebook AI Research); converted to safetensors by btembed",
     "limits": [
-        "Licensed CC-BY-NC 4.0 by the original authors: non-commercial use only.",
+        "Licensed MIT by the original authors (the repository was relicensed from CC-BY-NC 4.0 in July 2021).",
         "Trained on ImageNet-1k only: object-centric photos; other domains (documents, medical, satellite, "
         "drawings) may embed poorly.",
     ],
 }
-
-
-class ConvertError(BtembedError):
-    """A checkpoint that cannot be converted: unsafe pickle, unknown layout, or unsupported architecture."""
-
-
-def _stand_in_filter(p) -> bool:
-    """Replaces main.py's exclude_bias_and_norm, which the full checkpoint's optimizer state names; never called."""
-    return p.ndim == 1
-
-
-# The full checkpoint pickles LARS param_groups holding a reference to main.py's filter function. These names
-# resolve to the harmless stand-in above instead of importing anything.
-_FILTER_NAMES = ("__main__.exclude_bias_and_norm", "main.exclude_bias_and_norm")
-
-
-def load_checkpoint(path: str | Path):
-    """torch.load with weights_only=True; a file holding any other Python object is refused in one sentence."""
-    import torch
-
-    path = Path(path)
-    if path.is_dir():
-        raise ConvertError(f"{path} is a folder; give the checkpoint file (resnet50.pth or checkpoint.pth)")
-    if not path.is_file():
-        raise ConvertError(f"checkpoint {path} does not exist")
-    allowed = [(_stand_in_filter, name) for name in _FILTER_NAMES]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a binary pickle
-            raise ConvertError(f"{path} is not a readable PyTorch checkpoint (not a torch.save file)") from None
-        named = re.search(r"GLOBAL ([\w.]+)", str(e))
-        why = f"it names {named.group(1)}" if named else "it uses pickle instructions outside plain tensors"
-        raise ConvertError(f"{path} holds pickled Python objects other than tensors and was refused unread "
-                           f"({why}; loading it could run code); use the official file or re-save the "
-                           "weights as a plain state dict") from None
-    except Exception as e:  # foreign bytes make torch's unpickler fail with any of a dozen exception types
-        raise ConvertError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
-
-
-def extract_trunk(obj, path: str | Path = "checkpoint") -> tuple[dict, dict]:
-    """(trunk state dict with torchvision keys, facts about the layout) from either official form."""
-    import torch
-
-    if not isinstance(obj, Mapping):
-        raise ConvertError(f"{path} holds a {type(obj).__name__}, not a state dict or a training checkpoint")
-    facts: dict = {}
-    if isinstance(obj.get("model"), Mapping):
-        model = obj["model"]
-        for prefix in ("module.backbone.", "backbone."):
-            state = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
-            if state:
-                break
-        else:
-            raise ConvertError(f"{path} is a training checkpoint but its 'model' has no backbone.* weights")
-        facts["layout"] = "full checkpoint (checkpoint.pth)"
-        facts["dropped"] = sorted({k.split(".")[1] if k.startswith("module.") else k.split(".")[0]
-                                   for k in model if not k.startswith(prefix)})
-        if isinstance(obj.get("epoch"), int):
-            facts["epoch"] = obj["epoch"]
-    else:
-        state = dict(obj)
-        if state and all(k.startswith("module.") for k in state):
-            state = {k[len("module."):]: v for k, v in state.items()}
-        facts["layout"] = "backbone state dict (torch.hub resnet50.pth)"
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad or not state:
-        raise ConvertError(f"{path} is not a weights file: entries such as {bad[:3] or '(none)'} are not tensors")
-    if any(k.startswith("fc.") for k in state):
-        raise ConvertError(f"{path} has classifier weights (fc.*): it is a supervised classifier, not the "
-                           "Barlow Twins trunk (which has no fc)")
-    return state, facts
-
-
-def detect_architecture(state: dict) -> str:
-    """The torchvision architecture whose trunk (without fc) has exactly these keys and shapes."""
-    import torch
-    import torchvision
-
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    for arch in ARCHITECTURES:
-        with torch.device("meta"):  # shapes only, no memory or init cost
-            reference = getattr(torchvision.models, arch)().state_dict()
-        expected = {k: tuple(v.shape) for k, v in reference.items() if not k.startswith("fc.")}
-        if expected == shapes:
-            return arch
-    sample = sorted(set(shapes))[:3]
-    raise ConvertError(f"the weights (keys like {sample}) match no supported torchvision trunk "
-                       f"({', '.join(ARCHITECTURES)})")
 
 
 def official_config(arch: str, name: str, checkpoint: Path, facts: dict) -> ModelConfig:
@@ -215,16 +122,11 @@ def convert_official(checkpoint: str | Path, out: str | Path, *, name: str | Non
                      onnx: bool = True) -> Path:
     """Checkpoint → model folder (config.json, model.safetensors, README.md, and model.onnx unless onnx=False)."""
     from btembed.card import render_card
-    from btembed.model import Encoder
 
     checkpoint, out = Path(checkpoint), Path(out)
-    state, facts = extract_trunk(load_checkpoint(checkpoint), checkpoint)
-    arch = detect_architecture(state)
+    state, facts, arch = read_trunk(checkpoint)
     config = official_config(arch, name or out.name, checkpoint, facts)
-    encoder = Encoder(config)
-    # strict: every trunk tensor must be present with its exact shape; load_state_dict copies values unchanged
-    encoder.trunk.load_state_dict(state, strict=True)
-    encoder.save_pretrained(out)
+    write_trunk(state, config, out)
     if onnx:
         from .publish import add_onnx
 

@@ -95,7 +95,7 @@ def test_hub_layout_converts_bit_exact_and_embeds_like_torchvision(tmp_path):
     pre = config.preprocess
     assert (pre.resize_size, pre.input_size, pre.interpolation, pre.crop) == (256, 224, "bilinear", "center")
     assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
-    assert config.license == "cc-by-nc-4.0" and config.architecture == "resnet18"
+    assert config.license == "mit" and config.architecture == "resnet18"
     # not a ResNet-50: the authors' figures must not be attached to it
     assert "reported_metrics" not in config.source
     assert "Reported by the original authors" not in (folder / "README.md").read_text()
@@ -144,7 +144,7 @@ def test_resnet50_card_carries_authors_figures_clearly_marked(tmp_path, monkeypa
     assert config.source["reported_metrics"]["imagenet_linear_top5"]["value"] == 91.0
     meta, body = parse_card((folder / "README.md").read_text())
     assert meta["library_name"] == "btembed" and meta["pipeline_tag"] == "image-feature-extraction"
-    assert meta["license"] == "cc-by-nc-4.0" and meta["datasets"] == ["imagenet-1k"]
+    assert meta["license"] == "mit" and meta["datasets"] == ["imagenet-1k"]
     measured, reported = body.split("### Reported by the original authors (not measured by us)")
     assert "No metrics have been measured by btembed" in measured and "73.2" not in measured
     assert "| imagenet_linear_top1 | 73.2 % |" in reported and "Table 1" in reported
