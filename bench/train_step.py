@@ -60,13 +60,14 @@ def naive(arch: str, size: int, batch: int):
     import torch
 
     from training.lars import LARS, param_groups
-    from training.loss import BarlowTwinsLoss
-    from training.model import BarlowTwins
+    from training.model import TwinNetwork
+    from training.objectives import Views, get
 
     config = _config(arch, size, batch)
     torch.manual_seed(0)
-    model = BarlowTwins(config)
-    loss_fn = BarlowTwinsLoss(config.lambd)
+    objective = get(**config.objective)
+    model = TwinNetwork(config, head=objective.head(config.embedding_dim))
+    objective.attach(model)
     opt = LARS(param_groups(model, config.lr_weights, config.lr_biases), weight_decay=config.weight_decay,
                eta=config.lars_eta)
     mean = torch.tensor(config.mean).view(1, 3, 1, 1)
@@ -75,11 +76,12 @@ def naive(arch: str, size: int, batch: int):
     def step(x1, x2):
         x1 = (x1.float() / 255 - mean) / std
         x2 = (x2.float() / 255 - mean) / std
-        z1, z2, _, _ = model(x1, x2)
-        loss = loss_fn(z1, z2)
+        z, p, _ = model(x1, x2)
+        loss, _ = objective.loss(Views(z=z, p=p, inputs=(x1, x2)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        objective.after_step(model, 1, 2)
         return float(loss)
 
     return step

@@ -303,7 +303,7 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
     # so are weights that fail their sha256.
     from training.checkpoint import init_weights
     from training.config import ConfigError, apply_overrides, load_recipe
-    from training.model import BarlowTwins
+    from training.model import TwinNetwork
 
     other = tmp_path / "other"
     shutil.copytree(model, other)
@@ -311,18 +311,18 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
     (other / "config.json").write_text(json.dumps({**config, "architecture": "resnet34"}))
     recipe = apply_overrides(load_recipe("cpu-tiny"), [f"init_from={other}"])
     with pytest.raises(ConfigError, match=r"^init_from=\S+ is a resnet34, this run has architecture='resnet18'"):
-        init_weights(BarlowTwins(recipe), recipe)
+        init_weights(TwinNetwork(recipe), recipe)
     (other / "config.json").write_text(json.dumps(config))
     with open(other / "model.safetensors", "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\0\0\0\1")
     with pytest.raises(ConfigError, match="sha256"):
-        init_weights(BarlowTwins(recipe), recipe)
+        init_weights(TwinNetwork(recipe), recipe)
     # A registry name works too: the embedded default, offline.
     from btembed import Encoder
 
     recipe = apply_overrides(load_recipe("cpu-tiny"), ["init_from=btembed/default-r18"])
-    net = BarlowTwins(recipe)
+    net = TwinNetwork(recipe)
     assert init_weights(net, recipe)["name"] == "btembed/default-r18"
     assert torch.equal(net.trunk.trunk.conv1.weight, Encoder.from_pretrained("btembed/default-r18").trunk.conv1.weight)
 

@@ -11,8 +11,9 @@ from PIL import Image
 from training.config import ConfigError, TrainConfig, apply_overrides, load_recipe, recipe_names
 from training.data import ResumableSampler, TwoViewDataset, collate_views, decode_files, make_loader
 from training.lars import LARS, lr_scale, param_groups, set_lr
-from training.loss import BarlowTwinsLoss, off_diagonal
 from training.metrics import HealthLog, normalized_std, rankme
+from training.objectives import Views, get
+from training.objectives.barlow_twins import barlow_twins_loss, off_diagonal
 
 
 def reference_loss(z1, z2, lambd):
@@ -31,19 +32,18 @@ def test_loss_matches_independent_formula(n, d):
     g = torch.Generator().manual_seed(n + d)
     z1 = torch.randn(n, d, generator=g) * 2 + 3
     z2 = 0.5 * z1 + torch.randn(n, d, generator=g)
-    loss_fn = BarlowTwinsLoss(lambd=0.0051)
-    loss = loss_fn(z1, z2)
+    loss, parts = barlow_twins_loss(z1, z2, lambd=0.0051)
     want, on, off = reference_loss(z1.numpy(), z2.numpy(), 0.0051)
     assert abs(loss.item() - want) <= 1e-4 * want
-    assert loss_fn.parts["on_diag"].item() == pytest.approx(on, rel=1e-4)
-    assert loss_fn.parts["off_diag"].item() == pytest.approx(off, rel=1e-4)
+    assert parts["on_diag"].item() == pytest.approx(on, rel=1e-4)
+    assert parts["off_diag"].item() == pytest.approx(off, rel=1e-4)
 
 
 def test_loss_is_float32_under_bf16_autocast():
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = BarlowTwinsLoss()(z1.bfloat16(), z2.bfloat16())
+        loss, _ = barlow_twins_loss(z1.bfloat16(), z2.bfloat16())
     assert loss.dtype == torch.float32
     want = reference_loss(z1.bfloat16().float().numpy(), z2.bfloat16().float().numpy(), 0.0051)[0]
     assert loss.item() == pytest.approx(want, rel=1e-4)
@@ -53,14 +53,13 @@ def test_multi_crop_loss_is_the_mean_over_pairs_and_logs_the_large_pair():
     g = torch.Generator().manual_seed(1)
     z1, z2 = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
     small = (z1 + torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g))
-    loss_fn = BarlowTwinsLoss(lambd=0.0051)
-    loss = loss_fn(z1, z2, small)
+    loss, parts = get("barlow_twins", lambd=0.0051).loss(Views(z=(z1, z2, *small)))
     pairs = [(z1, z2)] + [(s, z) for s in small for z in (z1, z2)]
     want = np.mean([reference_loss(a.numpy(), b.numpy(), 0.0051)[0] for a, b in pairs])
     assert loss.item() == pytest.approx(want, rel=1e-4)
     _, on, off = reference_loss(z1.numpy(), z2.numpy(), 0.0051)
-    assert loss_fn.parts["on_diag"].item() == pytest.approx(on, rel=1e-4)
-    assert loss_fn.parts["off_diag"].item() == pytest.approx(off, rel=1e-4)
+    assert parts["on_diag"].item() == pytest.approx(on, rel=1e-4)
+    assert parts["off_diag"].item() == pytest.approx(off, rel=1e-4)
 
 
 def test_off_diagonal():
@@ -101,7 +100,8 @@ def test_schedule_warmup_then_cosine_to_final_ratio():
 def test_recipes_load_and_overrides_are_typed():
     assert {"imagenet-r50", "cpu-tiny", "cpu-default"} <= set(recipe_names())
     paper = load_recipe("imagenet-r50")
-    assert (paper.projector, paper.lambd, paper.batch_size, paper.epochs) == ([8192] * 3, 0.0051, 2048, 1000)
+    assert (paper.projector, paper.objective["lambd"], paper.batch_size, paper.epochs) == ([8192] * 3, 0.0051, 2048,
+                                                                                          1000)
     assert (paper.lr_weights, paper.lr_biases, paper.lars_eta, paper.warmup_epochs) == (0.2, 0.0048, 0.001, 10)
     assert paper.blur_p == (1.0, 0.1) and paper.solarize_p == (0.0, 0.2) and paper.interpolation == "bicubic"
     c = apply_overrides(paper, ["batch_size=64", "projector=[32, 32]", "amp=none", "lr_weights=1"])
@@ -194,8 +194,8 @@ def test_multi_crop_adds_small_views_and_a_step_trains_on_them(tmp_path):
     batch, _ = collate_views([TwoViewDataset(files, config)[(0, i)] for i in range(3)])
     assert [tuple(b.shape) for b in batch] == [(3, 3, 24, 24)] * 2 + [(3, 3, 12, 12)] * 2
     trainer = Trainer(config, data, tmp_path / "run", device="cpu", progress=False)
-    z1, z2, zs, _ = trainer.model(*[torch.randn(4, 3, s, s) for s in (24, 24, 12, 12)])
-    assert len(zs) == 2 and all(z.shape == z1.shape for z in zs)
+    z, _, _ = trainer.model(*[torch.randn(4, 3, s, s) for s in (24, 24, 12, 12)])
+    assert len(z) == 4 and all(v.shape == z[0].shape for v in z)
     before = trainer.model.trunk.trunk.conv1.weight.detach().clone()
     record = trainer.fit()
     assert trainer.step == 2 and math.isfinite(record["loss"])

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from training.distributed import convert_sync_batchnorm, setup, teardown
-from training.loss import BarlowTwinsLoss
+from training.objectives import Views, get
 
 
 def fixed_batch(n=16, d=24, seed=0):
@@ -32,7 +32,7 @@ def small_view(z1, seed=2):
 
 
 class TwoViews(nn.Module):
-    """Both views through one network in one call, as training.model.BarlowTwins does."""
+    """Both views through one network in one call, as training.model.TwinNetwork does."""
 
     def __init__(self, net):
         super().__init__()
@@ -75,7 +75,10 @@ def main(out: Path):
     exit_with_parent()
     rt = setup("cpu")
     rank, world = rt.rank, rt.world_size
-    loss_fn = BarlowTwinsLoss(lambd=0.0051)
+    objective = get("barlow_twins", lambd=0.0051)
+
+    def loss_fn(*z):
+        return objective.loss(Views(z=z))[0]
 
     z1, z2 = fixed_batch()
     part = slice(rank * len(z1) // world, (rank + 1) * len(z1) // world)
@@ -85,7 +88,7 @@ def main(out: Path):
     # Multi-crop: the small view is paired with both large ones, each pair with its own global statistics.
     a_mc, b_mc = z1[part].clone().requires_grad_(), z2[part].clone().requires_grad_()
     s_mc = small_view(z1)[part].clone().requires_grad_()
-    multi_crop_loss = loss_fn(a_mc, b_mc, (s_mc,))
+    multi_crop_loss = loss_fn(a_mc, b_mc, s_mc)
     multi_crop_loss.backward()
 
     net = convert_sync_batchnorm(tiny_net(), rt.device)

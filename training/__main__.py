@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 
-from btembed.commands import count_at_least
 from btembed.errors import BtembedError
 from btembed.preprocess import INTERPOLATIONS
 
@@ -62,20 +61,26 @@ def _linear_eval(args) -> int:
     return 0
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {value}")
-    return value
+def number(kind: type = int, at_least: float | None = None, inside: tuple | None = None):
+    """An argparse type: an int (or float) no smaller than `at_least`, or strictly inside the range `inside`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'a whole number' if kind is int else 'a number'}: "
+                                             f"{text!r}") from None
+        if at_least is not None and value < at_least:
+            raise argparse.ArgumentTypeError(f"must be at least {at_least}, not {value}")
+        if inside is not None and not inside[0] < value < inside[1]:
+            raise argparse.ArgumentTypeError(f"must be between {inside[0]} and {inside[1]} (exclusive), not {value}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of python -m training."""
-    p = argparse.ArgumentParser(prog="python -m training", description="Barlow Twins training for btembed.")
+    p = argparse.ArgumentParser(prog="python -m training",
+                                description="Self-supervised training for btembed (Barlow Twins and its peers).")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fit", help="train (or resume) a run; launch under torchrun for several GPUs/nodes")
@@ -86,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument("--json", action="store_true", help="print the last health record as JSON on stdout")
-    f.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=100")
+    f.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. epochs=100, objective=vicreg, objective.sim_coeff=10")
     f.set_defaults(func=_fit)
 
     e = sub.add_parser("export", help="write a run's trunk as a btembed model folder")
@@ -105,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("model", help="model folder, registry name or hub repo")
     le.add_argument("--data", required=True, help="labeled folder: class subfolders, or train/ and val/ inside")
     le.add_argument("--val", help="separate labeled validation folder")
-    le.add_argument("--epochs", type=count_at_least(1), default=100)
-    le.add_argument("--batch-size", type=count_at_least(1), default=256)
+    le.add_argument("--epochs", type=number(at_least=1), default=100)
+    le.add_argument("--batch-size", type=number(at_least=1), default=256)
     le.add_argument("--lr", type=float, default=0.3)
     le.add_argument("--weight-decay", type=float, default=1e-6)
-    le.add_argument("--workers", type=count_at_least(0), default=4)
-    le.add_argument("--val-fraction", type=fraction, default=0.2,
+    le.add_argument("--workers", type=number(at_least=0), default=4)
+    le.add_argument("--val-fraction", type=number(float, inside=(0, 1)), default=0.2,
                     help="held-out fraction per class when there is no val/ folder")
     le.add_argument("--no-augment", action="store_true",
                     help="center crops only, features computed once (fast; not the paper protocol)")

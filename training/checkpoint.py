@@ -109,14 +109,20 @@ def init_weights(model: torch.nn.Module, config) -> dict:
 
 
 def _init_from_run(model: torch.nn.Module, config, run: Path) -> dict:
-    """Trunk and projector from another run's checkpoint."""
+    """Trunk and projector from another run's checkpoint; its objective's head too when this run has the same."""
     ck = load_checkpoint(run)
     theirs, mine = ck["config"], config.to_dict()
     for key in ("architecture", "projector"):
         if theirs[key] != mine[key]:
             raise ConfigError(f"init_from={config.init_from} was trained with {key}={theirs[key]!r}, this run has "
                               f"{key}={mine[key]!r}; the weights cannot be loaded")
-    model.load_state_dict(ck["model"])
+    body = {k: v for k, v in ck["model"].items() if not k.startswith("head.")}
+    head = {k[len("head."):]: v for k, v in ck["model"].items() if k.startswith("head.")}
+    model.load_state_dict(body, strict=False)
+    mine_head = model.head.state_dict() if model.head is not None else {}
+    if head.keys() == mine_head.keys() and all(head[k].shape == mine_head[k].shape for k in head):
+        if head:
+            model.head.load_state_dict(head)  # e.g. a BYOL run continued: its predictor too; else it starts fresh
     return {"kind": "run", "from": str(run.resolve()), "step": ck["step"], "total_steps": ck["total_steps"],
             "recipe": theirs["recipe"], "seed": theirs["seed"], "data": ck["data"]["path"]}
 
@@ -125,11 +131,11 @@ def _init_from_model(model: torch.nn.Module, config, source: Path) -> dict:
     """The trunk of a model folder, registry name or hub repo (sha256-verified safetensors); projector stays fresh."""
     from btembed.config import ModelConfig
     from btembed.errors import BtembedError
-    from btembed.hub import WEIGHTS_FILE, load_state_dict, resolve_model
+    from btembed.modelfolder import WEIGHTS_FILE, ModelFolder
 
     try:
-        folder = resolve_model(config.init_from)
-        theirs = ModelConfig.load(folder)
+        resolved = ModelFolder.resolve(config.init_from)
+        folder, theirs = resolved.path, resolved.config
     except (BtembedError, OSError, ValueError, TypeError, AttributeError) as e:
         raise ConfigError(f"init_from={config.init_from}: not a training run (no {CHECKPOINT}) and not a usable "
                           f"model ({e})") from None
@@ -137,7 +143,7 @@ def _init_from_model(model: torch.nn.Module, config, source: Path) -> dict:
         raise ConfigError(f"init_from={config.init_from} is a {theirs.architecture}, this run has "
                           f"architecture={config.architecture!r}; the weights cannot be loaded")
     try:
-        state = load_state_dict(folder, theirs)
+        state = resolved.load_state_dict()
     except BtembedError as e:
         raise ConfigError(f"init_from={config.init_from}: {e}") from None
     missing, unexpected = model.trunk.trunk.load_state_dict(state, strict=False)

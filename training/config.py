@@ -1,7 +1,9 @@
-"""TrainConfig: every knob of a Barlow Twins run as data; recipes are YAML files in training/recipes/."""
+"""TrainConfig: every knob of a training run as data; recipes are YAML files in training/recipes/."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import sys
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -11,6 +13,8 @@ import yaml
 from btembed.errors import BtembedError
 from btembed.preprocess import INTERPOLATIONS
 
+from . import objectives
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
@@ -18,9 +22,14 @@ class ConfigError(BtembedError):
     """A recipe or override that cannot be used."""
 
 
+# Top-level keys of earlier configs that are objective settings now: old key → the objective it belonged to.
+FLAT_OBJECTIVE_KEYS = {"lambd": "barlow_twins"}
+_said: set[str] = set()
+
+
 @dataclass
 class TrainConfig:
-    """A Barlow Twins training run; defaults are the paper's ImageNet settings (imagenet-r50)."""
+    """A training run; defaults are the Barlow Twins paper's ImageNet settings (imagenet-r50)."""
 
     recipe: str = "custom"
     description: str = ""
@@ -29,8 +38,8 @@ class TrainConfig:
     zero_init_residual: bool = True
     projector: list = field(default_factory=lambda: [8192, 8192, 8192])
     sync_bn: bool = True  # the model's BatchNorms see the global batch under DDP, as the official code does
-    # Loss: sum (1 - c_ii)^2 + lambd * sum_{i != j} c_ij^2.
-    lambd: float = 0.0051
+    # The objective and its settings (training/objectives/NAME.py; unset settings take the authors' defaults).
+    objective: dict = field(default_factory=lambda: {"name": objectives.DEFAULT})
     # Optimization: LARS, lr = lr_* x batch_size / 256, warm-up then cosine to final_lr_ratio x.
     batch_size: int = 2048  # global, over all processes
     epochs: int = 1000
@@ -99,6 +108,11 @@ class TrainConfig:
     def __post_init__(self):
         for f in fields(self):
             setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+        self.objective = objective_settings(self.objective)
+        if self.local_crops and not objectives.find(self.objective["name"]).pairs_local_crops:
+            able = [n for n in objectives.MEMBERS if objectives.find(n).pairs_local_crops]
+            raise ConfigError(f"local_crops works with the objectives {', '.join(able)}, not "
+                              f"{self.objective['name']}; drop local_crops or pick one of those")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ConfigError(f"amp must be auto, bf16, fp16 or none, not {self.amp!r}")
         if self.interpolation not in ("bilinear", "bicubic"):
@@ -134,7 +148,7 @@ class TrainConfig:
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be at least {low}, not {getattr(self, name)}")
         for name in ("lr_weights", "lr_biases", "weight_decay", "momentum", "lars_eta", "warmup_epochs",
-                     "final_lr_ratio", "lambd"):
+                     "final_lr_ratio"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
         for name in ("crop_scale", "local_scale"):
@@ -154,7 +168,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """Build from a mapping; unknown keys are an error naming the valid ones."""
+        """Build from a mapping; unknown keys are an error naming the nearest valid one."""
+        d = _nest_flat_objective_keys(d)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -169,14 +184,54 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 
+def objective_settings(value) -> dict:
+    """{name, every setting} of an objective given as a name or a mapping, checked and typed like other keys."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key objective must be a name or a mapping {{name: NAME, setting: value}}, got "
+                          f"{value!r}")
+    settings = dict(value)
+    name = settings.pop("name", objectives.DEFAULT)
+    try:
+        cls = objectives.find(name)
+        typed = {f.name: f for f in dataclasses.fields(cls.Settings)}
+        settings = {k: _coerce(typed[k], v, f"objective.{k}") if k in typed else v for k, v in settings.items()}
+        return {"name": name, **dataclasses.asdict(cls.make_settings(**settings))}
+    except objectives.ObjectiveError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _nest_flat_objective_keys(d: dict) -> dict:
+    """Earlier configs' top-level objective settings (lambd=...) moved into objective, saying the new spelling."""
+    flat = [k for k in FLAT_OBJECTIVE_KEYS if k in d]
+    if not flat:
+        return d
+    d = dict(d)
+    objective = d.get("objective", {"name": objectives.DEFAULT})
+    objective = dict({"name": objective} if isinstance(objective, str) else objective)
+    name = objective.get("name", objectives.DEFAULT)
+    for key in flat:
+        if FLAT_OBJECTIVE_KEYS[key] != name:
+            raise ConfigError(f"config key {key} is a setting of the {FLAT_OBJECTIVE_KEYS[key]} objective, and this "
+                              f"run's objective is {name}; drop it")
+        objective[key] = d.pop(key)
+        note = f"note: config key {key} is now spelled objective.{key} (objective: {{name: {name}, {key}: ...}})"
+        if note not in _said:
+            _said.add(note)
+            print(note, file=sys.stderr)
+    d["objective"] = objective
+    return d
+
+
 def _field_type(f) -> str:
     """The annotation of a dataclass field as a plain name ('int', 'tuple', ...)."""
     return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
 
 
-def _coerce(f, value):
-    """Convert YAML/CLI values to the field's type, with a clear error."""
-    name, kind = f.name, _field_type(f)
+def _coerce(f, value, name: str = ""):
+    """Convert YAML/CLI values to the field's type, with a clear error (naming the key `name`, else f.name)."""
+    name, kind = name or f.name, _field_type(f)
     try:
         if kind == "bool":
             if isinstance(value, str):
@@ -264,14 +319,32 @@ def load_recipe(name_or_path: str) -> TrainConfig:
 
 
 def apply_overrides(config: TrainConfig, overrides: typing.Sequence[str]) -> TrainConfig:
-    """key=value strings (values parsed as YAML: 0.1, true, [1, 2]) applied on top of a config."""
-    changes = {}
+    """key=value strings (values parsed as YAML: 0.1, true, [1, 2]) applied on top of a config.
+
+    objective=NAME picks another objective at its defaults (the same name keeps its settings);
+    objective.KEY=VALUE sets one of its settings, whatever the order on the command line.
+    """
+    changes, settings = {}, {}
     for item in overrides:
         key, sep, text = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         try:
-            changes[key.strip()] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError:
-            changes[key.strip()] = text
+            value = text
+        if key.startswith("objective."):
+            settings[key[len("objective."):]] = value
+        else:
+            changes[key] = value
+    if "objective" in changes or settings:
+        objective = changes.get("objective", config.objective["name"])
+        if isinstance(objective, str) and objective == config.objective["name"]:
+            objective = config.objective
+        objective = {"name": objective} if isinstance(objective, str) else objective
+        if not isinstance(objective, dict):
+            raise ConfigError(f"objective must be a name or a mapping {{name: NAME, setting: value}}, "
+                              f"got {objective!r}")
+        changes["objective"] = {**objective, **settings}
     return config.replace(**changes) if changes else config

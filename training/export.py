@@ -10,12 +10,13 @@ from btembed.preprocess import PreprocessConfig
 
 from .checkpoint import CHECKPOINT, describe_init, load_checkpoint
 from .config import ConfigError, TrainConfig
+from .objectives import get as get_objective
 
-TRUNK_PREFIX = "trunk.trunk."  # BarlowTwins.trunk (Encoder) → Encoder.trunk (torchvision ResNet)
+TRUNK_PREFIX = "trunk.trunk."  # TwinNetwork.trunk (Encoder) → Encoder.trunk (torchvision ResNet)
 
 
 def trunk_state(model_state: dict) -> dict:
-    """The torchvision-keyed trunk weights out of a BarlowTwins state dict (the projector is dropped)."""
+    """The torchvision-keyed trunk weights out of a TwinNetwork state dict (projector and heads are dropped)."""
     state = {k[len(TRUNK_PREFIX):]: v for k, v in model_state.items() if k.startswith(TRUNK_PREFIX)}
     if not state:
         raise ConfigError("the checkpoint holds no trunk weights (keys 'trunk.trunk.*')")
@@ -25,8 +26,10 @@ def trunk_state(model_state: dict) -> dict:
 def training_record(ck: dict, config: TrainConfig) -> dict:
     """What config.json's 'training' says: recipe, data, schedule reached, hardware, time, the full config."""
     data = ck["data"]
+    objective = get_objective(**config.objective)
     return {
-        "method": "Barlow Twins (Zbontar et al. 2021)",
+        "method": objective.title,
+        "objective": {"name": objective.name, "settings": objective.settings_dict(), "in_words": objective.describe()},
         "recipe": config.recipe,
         "data": f"{data['images']} images under {data['path']} ({data['bad_files']} unreadable skipped), "
                 f"each seen {config.repeats}x per epoch",
@@ -52,7 +55,8 @@ def measured_metrics(ck: dict, config: TrainConfig) -> dict:
     out = {}
     if "loss" in m:
         out["train_loss"] = {"value": round(m["loss"], 4),
-                             "protocol": "Barlow Twins loss, mean over the last logging interval"}
+                             "protocol": f"{get_objective(**config.objective).title} loss, mean over the last "
+                                         "logging interval"}
     if "rankme" in m:
         out["train_rankme"] = {"value": round(m["rankme"], 2),
                                "protocol": f"RankMe of trunk features of the last {m.get('rankme_max')} "
@@ -70,9 +74,10 @@ def measured_metrics(ck: dict, config: TrainConfig) -> dict:
 def describe_training(record: dict) -> str:
     """A plain-words paragraph on how the model was trained."""
     c = record["config"]
-    return (f"A Barlow Twins image encoder trained with btembed's `training` package, recipe `{record['recipe']}`: "
-            f"torchvision {c['architecture']} trunk with a {'-'.join(map(str, c['projector']))} projector "
-            f"(dropped at export), λ = {c['lambd']}, global batch {c['batch_size']}, {c['image_size']} px crops, "
+    return (f"An image encoder trained with btembed's `training` package, recipe `{record['recipe']}`, objective "
+            f"{record['objective']['in_words']}: torchvision {c['architecture']} trunk with a "
+            f"{'-'.join(map(str, c['projector']))} projector (dropped at export, with any predictor), global batch "
+            f"{c['batch_size']}, {c['image_size']} px crops, "
             f"{record['epochs_completed']} of {record['epochs']} epochs ({record['steps']} steps) on "
             f"{record['data']}."
             + (f" The lr schedule was fitted to a {c['time_budget']:g}-minute budget: {c['schedule_steps']} steps."

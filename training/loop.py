@@ -20,9 +20,10 @@ from .data import (DataError, file_list_digest, list_images, make_loader, normal
                    stop_loader_workers)
 from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, stop_together, teardown
 from .lars import LARS, lr_scale, param_groups, set_lr
-from .loss import BarlowTwinsLoss
 from .metrics import HealthLog
-from .model import BarlowTwins
+from .model import TwinNetwork
+from .objectives import Views
+from .objectives import get as get_objective
 
 # Keys that may change when a run is resumed; everything else must match the checkpoint's config.
 RUNTIME_KEYS = {"num_workers", "decode_cache", "log_every", "checkpoint_every", "max_steps", "compile", "monitor_data",
@@ -142,7 +143,8 @@ class Trainer:
         torch.manual_seed(c.seed)
         random.seed(c.seed)
         np.random.seed(c.seed)
-        model = BarlowTwins(c)
+        self.objective = get_objective(**c.objective)
+        model = TwinNetwork(c, head=self.objective.head(c.embedding_dim))
         if rt.world_size > 1 and c.sync_bn:
             model = convert_sync_batchnorm(model, rt.device)
         model.to(rt.device)
@@ -160,7 +162,8 @@ class Trainer:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         self.net = torch.compile(net) if c.compile else net
-        self.loss_fn = BarlowTwinsLoss(c.lambd)
+        self.objective.attach(model)  # e.g. a target network copied from the starting weights
+        self.objective.to(rt.device)
         batch_factor = c.batch_size / 256  # the paper's linear lr scaling
         self.optimizer = LARS(param_groups(model, c.lr_weights * batch_factor, c.lr_biases * batch_factor),
                               weight_decay=c.weight_decay, momentum=c.momentum, eta=c.lars_eta)
@@ -191,6 +194,7 @@ class Trainer:
 
     def _restore(self, ck: dict):
         self.model.load_state_dict(ck["model"])
+        self.objective.load_state_dict(ck.get("objective", {}))  # absent in checkpoints from before objectives
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])
         if ck["steps_per_epoch"] != self.steps_per_epoch:
@@ -222,6 +226,7 @@ class Trainer:
         rng = _gather_rng()
         return {
             "format": 1, "config": self.config.to_dict(), "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "step": self.step, "epoch": self.step // self.steps_per_epoch,
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
@@ -244,22 +249,28 @@ class Trainer:
                 save_checkpoint(state, self.run_dir)
 
     def train_step(self, x1: torch.Tensor, x2: torch.Tensor,
-                   *small: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """One optimizer step on a local batch of uint8 views (and small views); returns (loss, z1, trunk features)."""
+                   *small: torch.Tensor) -> tuple[float, dict, torch.Tensor, torch.Tensor]:
+        """One optimizer step on a local batch of uint8 views (and small views).
+
+        Returns (loss, the objective's named parts, z1, trunk features of view 1), all detached.
+        """
         rt, c = self.rt, self.config
         set_lr(self.optimizer, lr_scale(self.step, self.total_steps, self.warmup_steps, c.final_lr_ratio))
-        views = [normalize_views(x.to(rt.device, non_blocking=True), self.mean, self.std, c.channels_last)
-                 for x in (x1, x2, *small)]
+        views = tuple(normalize_views(x.to(rt.device, non_blocking=True), self.mean, self.std, c.channels_last)
+                      for x in (x1, x2, *small))
         with torch.autocast(rt.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            z1, z2, zs, h1 = self.net(*views)
-        loss = self.loss_fn(z1, z2, zs)  # float32 inside, whatever autocast did
+            z, p, h1 = self.net(*views)
+            # Inside autocast so that a target network runs at the network's precision; every loss computes
+            # its own arithmetic in float32.
+            loss, parts = self.objective.loss(Views(z=z, p=p, inputs=views))
         self.optimizer.zero_grad(set_to_none=True)
         # One global loss, but DDP averages gradients over ranks: scale by world size to get its true gradient.
         self.scaler.scale(loss * rt.world_size).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
-        return float(loss.detach()), z1.detach(), h1
+        self.objective.after_step(self.model, self.step, self.total_steps)
+        return float(loss.detach()), parts, z[0].detach(), h1
 
     def fit(self) -> dict:
         """Train until the schedule (or max_steps) ends; returns the last health record."""
@@ -292,14 +303,14 @@ class Trainer:
                     ran = True
                     if self.budget:
                         self.budget.observe(self.step)
-                    loss, z1, h1 = self.train_step(*views)
+                    loss, parts, z1, h1 = self.train_step(*views)
                     bar.update(1)
                     decided = bool(self.budget and self.budget.due(self.step))
                     if decided:
                         self._fit_schedule_to_budget(self.elapsed + time.perf_counter() - started)
                         last = bar.total = self._last_step()
                         health.total_steps = self.total_steps
-                    health.update(loss, self.loss_fn.parts, z1, h1, views[0].shape[0] * rt.world_size, bad)
+                    health.update(loss, parts, z1, h1, views[0].shape[0] * rt.world_size, bad)
                     end_of_epoch = self.step % self.steps_per_epoch == 0
                     if self.step % c.log_every == 0 or end_of_epoch or self.step == last:
                         with stop_together(f"logging step {self.step}", rt.device):

@@ -1,4 +1,5 @@
-"""Health of a run: loss terms, lr, throughput, embedding spread, RankMe, collapse alarm → JSONL + console."""
+"""Health of a run: loss and the objective's parts, lr, throughput, embedding spread, RankMe, collapse alarm → JSONL
+and console."""
 from __future__ import annotations
 
 import json
@@ -39,7 +40,8 @@ class HealthLog:
         self._reset()
 
     def _reset(self):
-        self.sums = {"loss": 0.0, "on_diag": 0.0, "off_diag": 0.0, "z_std": 0.0}
+        self.sums = {"loss": 0.0, "z_std": 0.0}
+        self.parts: dict[str, float] = {}  # whatever named parts the objective returns, summed in its order
         self.steps = 0
         self.samples = 0
         self.bad = 0
@@ -64,10 +66,10 @@ class HealthLog:
 
     def update(self, loss: float, parts: dict, z: torch.Tensor, features: torch.Tensor, samples: int,
                bad: int) -> None:
-        """Account one optimizer step (values already detached)."""
+        """Account one optimizer step (values already detached; `parts` are the objective's named numbers)."""
         self.sums["loss"] += loss
-        self.sums["on_diag"] += float(parts["on_diag"])
-        self.sums["off_diag"] += float(parts["off_diag"])
+        for name, value in parts.items():
+            self.parts[name] = self.parts.get(name, 0.0) + float(value)
         self.sums["z_std"] += float(z.float().std(dim=0).mean())
         self.steps += 1
         self.samples += samples
@@ -92,7 +94,10 @@ class HealthLog:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         feats = torch.cat(self.features)[-self.config.rankme_samples:]
         rank_max = min(feats.shape)
-        record = {"step": step, "epoch": epoch, **{k: v / max(self.steps, 1) for k, v in self.sums.items()},
+        steps = max(self.steps, 1)
+        parts = {k: v / steps for k, v in self.parts.items()}
+        record = {"step": step, "epoch": epoch, "loss": self.sums["loss"] / steps, **parts, "parts": list(parts),
+                  "z_std": self.sums["z_std"] / steps,
                   "lr": lr, "samples_per_s": self.samples / elapsed, "feat_std": normalized_std(feats),
                   "rankme": rankme(feats), "rankme_max": rank_max, "bad_files": self.bad, "time": time.time()}
         record.update(extra or {})
@@ -107,8 +112,9 @@ class HealthLog:
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        line = (f"step {step}/{self.total_steps} ep {epoch} loss {record['loss']:.2f} "
-                f"(on {record['on_diag']:.2f} off {record['off_diag']:.1f}) lr {lr:.3g} "
+        shown = " ".join(f"{k} {v:.5g}" for k, v in parts.items())
+        line = (f"step {step}/{self.total_steps} ep {epoch} loss {record['loss']:.5g}"
+                + (f" ({shown})" if shown else "") + f" lr {lr:.3g} "
                 f"{record['samples_per_s']:.1f} samples/s feat-std {record['feat_std']:.3f} "
                 f"RankMe {record['rankme']:.1f}/{rank_max}")
         if "knn_top1" in record:

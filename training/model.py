@@ -1,4 +1,4 @@
-"""The trained network: a btembed.Encoder trunk followed by the Barlow Twins projector head."""
+"""The trained network: a btembed.Encoder trunk, the projector head, and the objective's head if it has one."""
 from __future__ import annotations
 
 import torch
@@ -22,20 +22,25 @@ class ProjectorHead(nn.Sequential):
         super().__init__(*layers)
 
 
-class BarlowTwins(nn.Module):
-    """(view1, view2, small views...) → (z1, z2, small zs, trunk features of view1); views pass separately so BN
-    never pools the two large ones."""
+class TwinNetwork(nn.Module):
+    """(view1, view2, small views...) → (projections of every view, the head on each, trunk features of view1).
 
-    def __init__(self, config: TrainConfig):
+    Views pass separately so BN never pools the two large ones; the objective's head (e.g. a predictor) is part of
+    the network so that DDP and the optimizer treat it like every other trained layer.
+    """
+
+    def __init__(self, config: TrainConfig, head: nn.Module | None = None):
         super().__init__()
         model_config = ModelConfig(architecture=config.architecture)
         self.trunk = Encoder(model_config, zero_init_residual=config.zero_init_residual)
         self.projector = ProjectorHead(model_config.embedding_dim, config.projector)
+        self.head = head
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, *small: torch.Tensor):
         h1 = self.trunk(x1)
-        z1 = self.projector(h1)
-        z2 = self.projector(self.trunk(x2))
+        z = [self.projector(h1), self.projector(self.trunk(x2))]
         # Multi-crop's small views share one resolution, so they go through as one batch (one forward for DDP).
-        zs = self.projector(self.trunk(torch.cat(small))).chunk(len(small)) if small else ()
-        return z1, z2, zs, h1.detach()
+        if small:
+            z += self.projector(self.trunk(torch.cat(small))).chunk(len(small))
+        p = tuple(self.head(v) for v in z) if self.head is not None else ()
+        return tuple(z), p, h1.detach()

@@ -1,9 +1,9 @@
-"""Barlow Twins loss, paper-exact, with global-batch statistics and correct gradients under DDP.
+"""Barlow Twins (Zbontar et al. 2021), paper-exact, with global-batch statistics and correct gradients under DDP.
 
 Over all processes' samples (N in total) each view is standardized along the batch by its own statistics
 (BatchNorm1d(affine=False) in training mode: biased variance, eps 1e-5), then
     c = z1ᵀ z2 / N,   loss = Σ_i (1 − c_ii)² + λ Σ_{i≠j} c_ij²,
-always in float32, even under autocast.
+always in float32 (float64 stays float64), even under autocast.
 
 Why two different reductions: every process ends up computing the same scalar loss from the same summed c.
 - c = Σ_ranks c_r feeds identical code on every rank, so ∂loss/∂c_r = ∂loss/∂c on each rank: its reduction's
@@ -18,17 +18,19 @@ world size before backward (see loop.py) to recover the true gradient of the one
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+from dataclasses import dataclass
 
-from .distributed import sum_all_reduce_grad, sum_identity_grad
+import torch
+
+from ..distributed import sum_all_reduce_grad, sum_identity_grad
+from .base import Objective, Views, exact, over_pairs, positive
 
 EPS = 1e-5  # BatchNorm1d's default
 
 
 def global_standardize(z1: torch.Tensor, z2: torch.Tensor, eps: float = EPS):
     """Standardize each view along the global batch by its own mean/variance; returns (z1n, z2n, N)."""
-    n_local = torch.tensor([float(z1.shape[0])], device=z1.device)
+    n_local = torch.tensor([float(z1.shape[0])], device=z1.device, dtype=z1.dtype)
     # One reduction for both views' sums and the sample count, one for the centred squares (two-pass: stable).
     sums = sum_all_reduce_grad(torch.cat([z1.sum(0), z2.sum(0), n_local]))
     d = z1.shape[1]
@@ -46,32 +48,41 @@ def off_diagonal(x: torch.Tensor) -> torch.Tensor:
     return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
 
 
-class BarlowTwinsLoss(nn.Module):
-    """loss(z1, z2) → scalar; `parts` keeps the last on/off-diagonal terms (detached) for health logging."""
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
+                      eps: float = EPS) -> tuple[torch.Tensor, dict]:
+    """Projector outputs of two views [n_local, D] → (loss of the global batch, {on_diag, off_diag} detached)."""
+    with torch.autocast(device_type=z1.device.type, enabled=False):
+        z1n, z2n, n = global_standardize(exact(z1), exact(z2), eps)
+        c = sum_identity_grad(z1n.T @ z2n / n)
+        on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+        off_diag = off_diagonal(c).pow(2).sum()
+    return on_diag + lambd * off_diag, {"on_diag": on_diag.detach(), "off_diag": off_diag.detach()}
 
-    def __init__(self, lambd: float = 0.0051, eps: float = EPS):
-        super().__init__()
-        self.lambd = lambd
-        self.eps = eps
-        self.parts: dict[str, float] = {}
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor, small: tuple = ()) -> torch.Tensor:
-        """Projector outputs of the two views [n_local, D] → the Barlow Twins loss of the global batch.
+@dataclass
+class Settings:
+    """The paper's λ (weight of the off-diagonal term) and the standardization's eps."""
 
-        With multi-crop's small views, every small view is paired with both large ones and the loss is the mean
-        over all pairs, so its scale stays that of the two-view loss; `parts` stays the large pair's.
-        """
-        loss, on_diag, off_diag = self._pair(z1, z2)
-        self.parts = {"on_diag": on_diag.detach(), "off_diag": off_diag.detach()}
-        if small:
-            loss = (loss + sum(self._pair(zs, z)[0] for zs in small for z in (z1, z2))) / (1 + 2 * len(small))
-        return loss
+    lambd: float = 0.0051
+    eps: float = EPS
 
-    def _pair(self, z1: torch.Tensor, z2: torch.Tensor):
-        """(loss, on-diagonal term, off-diagonal term) of one pair of views, in float32 whatever autocast does."""
-        with torch.autocast(device_type=z1.device.type, enabled=False):
-            z1n, z2n, n = global_standardize(z1.float(), z2.float(), self.eps)
-            c = sum_identity_grad(z1n.T @ z2n / n)
-            on_diag = (torch.diagonal(c) - 1).pow(2).sum()
-            off_diag = off_diagonal(c).pow(2).sum()
-        return on_diag + self.lambd * off_diag, on_diag, off_diag
+    def __post_init__(self):
+        positive("lambd", self.lambd)
+        positive("eps", self.eps, strict=True)
+
+
+class BarlowTwins(Objective):
+    """Cross-correlation of the two views' standardized projections pushed to the identity; no extra modules."""
+
+    name = "barlow_twins"
+    title = "Barlow Twins (Zbontar et al. 2021)"
+    Settings = Settings
+    pairs_local_crops = True
+
+    def loss(self, views: Views) -> tuple[torch.Tensor, dict]:
+        """The paper's loss; with multi-crop the mean over all pairs (each with its own global statistics)."""
+        s = self.settings
+        return over_pairs(lambda a, b: barlow_twins_loss(a, b, s.lambd, s.eps), views.z)
+
+
+OBJECTIVE = BarlowTwins
