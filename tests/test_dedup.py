@@ -1,68 +1,127 @@
-"""btembed dedup: exact copies always grouped, near-duplicates grouped transitively via a kNN graph."""
+"""btembed dedup: groups that never chain, exact copies, blank images apart, keep rules, report, actions, calibration."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from btembed.config import ModelConfig
+from btembed.search.calibrate import (EDITS, best_f1, calibrate_threshold, near_duplicate_families,
+                                      pair_precision_recall)
 from btembed.search.catalog import CATALOG_FILE, Catalog
-from btembed.search.dedup import UnionFind, find_duplicates
-from btembed.search import ImageIndex
-from btembed.search import IndexOptions, index_folder
+from btembed.search.dedup import NeighbourGraph, find_duplicates, nearest_kept_groups
+from btembed.search.search import ImageIndex
+from tests.serve_helpers import index as index_with, make_folder
 
 
-def names(groups, root):
-    """Groups as sets of paths relative to root, order-free."""
-    return sorted(sorted(Path(h.path).relative_to(root).as_posix() for h in g) for g in groups)
+def names(found):
+    """Groups as sorted lists of relative paths, order-free."""
+    return sorted(sorted(m.path for m in g) for g in found.groups)
 
 
-def test_union_find_merges_transitively():
-    uf = UnionFind()
-    for a, b in [(1, 2), (2, 3), (10, 11), (3, 1)]:
-        uf.union(a, b)
-    uf.find(99)  # a singleton is not a group
-    assert sorted(sorted(g) for g in uf.groups()) == [[1, 2, 3], [10, 11]]
+def test_groups_never_chain_and_members_join_the_closest_kept_image():
+    graph = NeighbourGraph()
+    for a, b, s in [(1, 2, 0.96), (2, 3, 0.96), (1, 3, 0.90)]:  # a chain 1~2~3 whose ends are apart
+        graph.add(a, b, s)
+    order = [1, 2, 3, 4].index  # the keep order
+    # 1 is kept and takes 2; 3 is not within 0.95 of the kept 1, so it is not pulled in through 2
+    assert nearest_kept_groups(graph, 0.95, order) == [[1, 2]]
+    graph.add(4, 3, 0.99)
+    graph.add(4, 1, 0.97)
+    # 3 is kept (no kept image within 0.95 of it); 4 is within reach of both kept images and joins the closer, 3
+    assert nearest_kept_groups(graph, 0.95, order) == [[1, 2], [3, 4]]
+    graph.exact.add(frozenset((1, 3)))  # identical bytes always join, whatever the threshold
+    assert nearest_kept_groups(graph, 0.95, order) == [[1, 2, 3, 4]] or \
+        nearest_kept_groups(graph, 0.95, order) == [[1, 3, 2, 4]]
 
 
-def test_exact_copy_and_near_duplicate_grouped(tmp_path, photo_paths, tiny_model_dir):
-    root = tmp_path / "photos"
-    root.mkdir()
-    for p in photo_paths:
-        shutil.copy(p, root / p.name)
-    (root / "copies").mkdir()
-    shutil.copy(root / "astronaut.jpg", root / "copies" / "astronaut (1).jpg")
-    with Image.open(root / "coffee.jpg") as im:  # resized and re-encoded: same picture, other bytes
-        im.resize((im.width * 3 // 4, im.height * 3 // 4)).save(root / "copies" / "coffee-small.jpg", quality=75)
-    index_folder(root, IndexOptions(model=str(tiny_model_dir), workers=0))
-    index = ImageIndex.open(root)
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, photo_paths, tiny_model_dir):
+    root = make_folder(tmp_path_factory.mktemp("dedup") / "photos", photo_paths)
+    for i, size in enumerate([(40, 30), (80, 60), (20, 20)]):  # transparent clip-art: flat white once composited
+        Image.new("RGBA", size, (10, 200, 10, 0)).save(root / f"blank-{i}.png")
+    old = 1_600_000_000
+    os.utime(root / "copies" / "coffee-small.jpg", (old, old))  # the smaller copy is the older one
+    index_with(root, tiny_model_dir)
+    return root
+
+
+def test_exact_copy_near_duplicate_and_blank_images(indexed):
+    index = ImageIndex.open(indexed)
     try:
-        groups = find_duplicates(index, threshold=0.995)
-        assert names(groups, root) == [["astronaut.jpg", "copies/astronaut (1).jpg"],
-                                       ["coffee.jpg", "copies/coffee-small.jpg"]]
-        for g in groups:
-            assert g[0].score == 1.0 and all(0.995 <= h.score <= 1.0 + 1e-6 for h in g)
+        found = find_duplicates(index, threshold=0.995)
+        assert names(found) == [["astronaut.jpg", "copies/astronaut (1).jpg"],
+                                ["coffee.jpg", "copies/coffee-small.jpg"]]
+        assert found.blank == ["blank-0.png", "blank-1.png", "blank-2.png"]
+        for g in found.groups:
+            assert g[0].kept and g[0].score == 1.0 and not any(m.kept for m in g[1:])
+            assert all(m.score >= 0.995 for m in g)
+        coffee = next(g for g in found.groups if g[0].path.startswith("coffee"))
+        assert coffee[0].path == "coffee.jpg" and not coffee[1].exact  # largest kept by default
+        astronaut = next(g for g in found.groups if "astronaut" in g[0].path)
+        assert astronaut[1].exact
+        oldest = find_duplicates(index, threshold=0.995, keep="oldest")
+        assert next(g for g in oldest.groups if "coffee" in g[0].path)[0].path == "copies/coffee-small.jpg"
         # a threshold no similarity reaches still groups identical bytes
-        assert names(find_duplicates(index, threshold=1.01), root) == [
-            ["astronaut.jpg", "copies/astronaut (1).jpg"]]
+        assert names(find_duplicates(index, threshold=1.0)) == [["astronaut.jpg", "copies/astronaut (1).jpg"]]
     finally:
         index.close()
 
-    p = subprocess.run([sys.executable, "-m", "btembed", "dedup", str(root), "--threshold", "0.995", "--json"],
-                       capture_output=True, text=True, timeout=300)
+
+def run_cli(*args):
+    p = subprocess.run([sys.executable, "-m", "btembed", "dedup", *map(str, args)], capture_output=True, text=True,
+                       timeout=300)
     assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_cli_json_html_and_actions(indexed, tmp_path):
+    p = run_cli(indexed, "--threshold", "0.995", "--json")
     doc = json.loads(p.stdout)
-    assert sorted(sorted(Path(m["path"]).name for m in g) for g in doc["groups"]) == [
+    assert sorted(sorted(Path(m["path"]).name for m in g["members"]) for g in doc["groups"]) == [
         ["astronaut (1).jpg", "astronaut.jpg"], ["coffee-small.jpg", "coffee.jpg"]]
-    assert all(set(m) == {"path", "score"} for g in doc["groups"] for m in g)
+    assert all(set(m) == {"path", "score", "exact", "kept"} for g in doc["groups"] for m in g["members"])
+    assert [Path(b).name for b in doc["blank"]] == ["blank-0.png", "blank-1.png", "blank-2.png"]
+    assert "threshold 0.995" in p.stderr and "no calibrated" not in p.stderr  # --threshold given: no note
+
+    report = tmp_path / "report.html"
+    actions = tmp_path / "actions.json"
+    p = run_cli(indexed, "--threshold", "0.995", "--html", report, "--actions", "keep-oldest", "-o", actions)
+    page = report.read_text()
+    assert page.count('<section class="group">') == 2 and page.count("data:image/jpeg;base64,") == 4
+    assert "src=\"http" not in page  # self-contained
+    plan = json.loads(actions.read_text())
+    assert plan["rule"] == "keep-oldest" and plan["remove_count"] == 2
+    coffee = next(g for g in plan["groups"] if "coffee" in g["keep"])
+    assert Path(coffee["keep"]).name == "coffee-small.jpg" and [Path(r).name for r in coffee["remove"]] == [
+        "coffee.jpg"]
+    assert (indexed / "coffee.jpg").exists() and (indexed / "copies" / "astronaut (1).jpg").exists()
 
 
-def test_chains_found_through_approximate_index(tmp_path):
-    """3000 synthetic vectors in an IVF index: chains a~b~c (a and c below threshold) form one group."""
+def test_default_threshold_comes_from_the_model(indexed, tiny_model_dir, tmp_path):
+    p = run_cli(indexed)
+    assert "no calibrated duplicate_threshold" in p.stderr and "0.95" in p.stderr
+    config = ModelConfig.load(tiny_model_dir)
+    config.duplicate_threshold = 0.999
+    model = tmp_path / "calibrated"
+    shutil.copytree(tiny_model_dir, model)
+    config.save(model)
+    copy = tmp_path / "photos"
+    shutil.copytree(indexed, copy, ignore=shutil.ignore_patterns(".btembed"))
+    index_with(copy, model)
+    p = run_cli(copy)
+    assert "the model's calibrated duplicate_threshold" in p.stderr and "0.999" in p.stderr
+
+
+def test_ivf_index_groups_without_chaining(tmp_path):
+    """3000 vectors in an IVF index; 50 chains a~b~c (ends below the threshold): no group holds both ends."""
     rng = np.random.default_rng(0)
     dim, n_chains, n_noise = 32, 50, 2800
     noise = rng.standard_normal((n_noise, dim)).astype(np.float32)
@@ -88,10 +147,32 @@ def test_chains_found_through_approximate_index(tmp_path):
     index = ImageIndex.open(store)
     try:
         assert index.ann.tier == "ivf"
-        groups = find_duplicates(index, threshold=0.99, k=8)
-        want = [sorted(f"v{n_noise + 3 * c + j:05d}.jpg" for j in range(3)) for c in range(n_chains)]
-        assert names(groups, tmp_path) == sorted(want)
-        ends = chains[0][0] @ chains[0][2] / np.linalg.norm(chains[0][2])
-        assert ends < 0.99  # the group exists only through the middle link
+        found = find_duplicates(index, threshold=0.99, k=8)
+        # the files do not exist: equal pixel counts, so the larger file (the chain's last vector) is kept
+        want = [[f"v{n_noise + 3 * c + 1:05d}.jpg", f"v{n_noise + 3 * c + 2:05d}.jpg"] for c in range(n_chains)]
+        assert names(found) == sorted(want)
+        assert all(g[0].path == w[1] for g, w in zip(sorted(found.groups, key=lambda g: g[0].path), want))
     finally:
         index.close()
+
+
+def test_pair_precision_recall_counts_implied_pairs():
+    families = {0: "a", 1: "a", 2: "a", 3: "b", 4: "b"}
+    # one right pair (0,1), two wrong ones (0,3), (1,3); truth has 3 + 1 pairs
+    assert pair_precision_recall([[0, 1, 3]], families) == (1 / 3, 1 / 4)
+    assert pair_precision_recall([[0, 1, 2], [3, 4]], families) == (1.0, 1.0)
+    assert best_f1([(0.9, 0.5, 1.0), (0.95, 1.0, 0.9), (0.97, 1.0, 0.9)])[0] == 0.97
+
+
+def test_calibration_on_photos(photo_paths, tiny_model_dir):
+    from btembed import Embedder
+
+    photos = [Image.open(p).convert("RGB").resize((160, 120)) for p in photo_paths[:3]]
+    images, families = near_duplicate_families(photos)
+    assert len(images) == 3 * (1 + len(EDITS)) and families.tolist() == [0] * 8 + [1] * 8 + [2] * 8
+    assert images[2].size == (80, 60) and images[3].size == (136, 102)  # half size, 85 % crop
+    result = calibrate_threshold(Embedder.from_pretrained(str(tiny_model_dir)), photos)
+    assert 0.85 <= result.threshold <= 0.995 and result.photos == 3
+    t, p, r = best_f1(result.curve)
+    assert (t, p, r) == (result.threshold, result.precision, result.recall) and 0 < p <= 1 and 0 < r <= 1
+    assert set(result.metrics("3 photos")) == {"dedup_pair_precision", "dedup_pair_recall"}

@@ -1,52 +1,120 @@
-"""Near-duplicate groups: a k-nearest-neighbour graph from the FAISS index + union-find (never an N×N matrix);
-files with identical bytes are always grouped."""
+"""Near-duplicate groups that never chain: every copy joins the kept image it is closest to.
+
+The rule (nearest kept image): images are visited in the keep rule's order (largest first, or oldest first); an
+image becomes a kept image when no kept image before it is within the threshold; every other image joins the kept
+image most similar to it. So each member is within the threshold of its group's kept image, two kept images are
+never within the threshold of each other, and a chain a~b~c cannot pull a and c together. Byte-identical files
+always join each other, whatever the threshold. Blank images (one flat colour, e.g. transparent clip-art composited
+on white) look alike to any model: they are reported apart instead of forming one huge group at 1.0.
+"""
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
 
+import numpy as np
+
+from ..errors import BtembedError
 from ..modelfiles import sha256_file
-from .search import Hit, ImageIndex
+from .search import ImageIndex
+
+DEFAULT_THRESHOLD = 0.95  # for a model folder whose config records no calibrated duplicate_threshold
+KEEP_RULES = ("largest", "oldest")
+BLANK_RANGE = 2  # an image whose every channel spans at most this many levels is one flat colour
 
 
-class UnionFind:
-    """Disjoint sets over arbitrary hashable keys, with path halving and union by size."""
+@dataclass
+class Member:
+    """One image of a group: its path (relative to the folder), cosine to the kept image, byte-identity, sizes."""
 
-    def __init__(self):
-        self.parent: dict = {}
-        self.size: dict = {}
+    path: str
+    score: float
+    exact: bool
+    kept: bool
+    id: int = -1
+    bytes: int = 0
+    width: int = 0
+    height: int = 0
+    mtime_ns: int = 0
 
-    def find(self, x):
-        """The representative of x's set."""
-        self.parent.setdefault(x, x)
-        self.size.setdefault(x, 1)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a, b) -> None:
-        """Merge the sets of a and b."""
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
-
-    def groups(self) -> list[list]:
-        """Sets with more than one member."""
-        out = defaultdict(list)
-        for x in self.parent:
-            out[self.find(x)].append(x)
-        return [g for g in out.values() if len(g) > 1]
+    def to_dict(self, root: str | os.PathLike | None = None) -> dict:
+        """{path, score, exact, kept}; the path is made absolute under root when given."""
+        path = os.path.join(root, self.path) if root is not None else self.path
+        return {"path": path, "score": round(min(1.0, self.score), 6), "exact": self.exact, "kept": self.kept}
 
 
-def exact_copy_pairs(index: ImageIndex) -> list[tuple[int, int]]:
-    """(id, id) pairs of files with identical bytes: same size + hash, confirmed by a full sha256."""
+@dataclass
+class Duplicates:
+    """Groups (kept image first, then by score), blank images apart, and the threshold that made them."""
+
+    groups: list[list[Member]]
+    blank: list[str]
+    threshold: float
+    threshold_source: str
+    keep: str = "largest"
+
+    def to_dict(self, root: str | os.PathLike | None = None) -> dict:
+        """The one document of `btembed dedup --json` and `GET /api/duplicates`."""
+        def where(p):
+            return os.path.join(root, p) if root is not None else p
+        return {"groups": [{"members": [m.to_dict(root) for m in g]} for g in self.groups],
+                "blank": [where(p) for p in self.blank], "threshold": self.threshold, "keep": self.keep}
+
+    def actions(self, root: str | os.PathLike | None = None) -> dict:
+        """What to keep and what could be removed, per group (a list to act on: nothing is deleted here)."""
+        def where(p):
+            return os.path.join(root, p) if root is not None else p
+        plan = [{"keep": where(g[0].path), "remove": [where(m.path) for m in g[1:]]} for g in self.groups]
+        return {"rule": f"keep-{self.keep}", "threshold": self.threshold, "groups": plan,
+                "remove_count": sum(len(g) - 1 for g in self.groups),
+                "remove_bytes": sum(m.bytes for g in self.groups for m in g[1:])}
+
+
+@dataclass
+class NeighbourGraph:
+    """Symmetric edges id → {id: cosine} at or above a floor, and the pairs of byte-identical files."""
+
+    edges: dict[int, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
+    exact: set[frozenset] = field(default_factory=set)
+
+    def add(self, a: int, b: int, score: float) -> None:
+        """Record one edge both ways (the higher score wins when it is seen twice)."""
+        if a != b:
+            s = max(score, self.edges[a].get(b, -1.0))
+            self.edges[a][b] = self.edges[b][a] = s
+
+    def linked(self, a: int, b: int, score: float, threshold: float) -> bool:
+        """True when a and b count as duplicates at this threshold."""
+        return score >= threshold or frozenset((a, b)) in self.exact
+
+
+def neighbour_graph(index: ImageIndex, k: int = 16, floor: float = 0.0, chunk: int = 4096) -> NeighbourGraph:
+    """Every image's k nearest neighbours at or above floor, from the search index (memory O(N·k), never N×N)."""
+    graph = NeighbourGraph()
+    for ids in identical_files(index):
+        for a in ids:
+            for b in ids:
+                if a < b:
+                    graph.add(a, b, 1.0)
+                    graph.exact.add(frozenset((a, b)))
+    k = min(k + 1, index.ann.ntotal)  # +1: a vector finds itself
+    if k > 1:
+        for ids, vecs in index.catalog.chunks(chunk):
+            scores, found = index.ann.search(vecs, k, fetch=index.catalog.fetch)
+            for src, srow, frow in zip(ids, scores, found):
+                for s, j in zip(srow, frow):
+                    if j >= 0 and s >= floor:
+                        graph.add(int(src), int(j), float(s))
+    return graph
+
+
+def identical_files(index: ImageIndex) -> list[list[int]]:
+    """Row ids of files with identical bytes, grouped: same size and content hash, confirmed by sha256."""
     # The confirmation matters for a catalog opened only read-only since an older btembed: it still holds partial
     # hashes (a writable open forgets them).
-    pairs = []
+    out = []
     for members in index.catalog.identical_groups():
         by_sha = defaultdict(list)
         for row in members:
@@ -54,39 +122,123 @@ def exact_copy_pairs(index: ImageIndex) -> list[tuple[int, int]]:
                 by_sha[sha256_file(index.root / row.path)].append(row.id)
             except OSError:
                 continue  # vanished since indexing
-        for ids in by_sha.values():
-            pairs.extend((ids[0], other) for other in ids[1:])
-    return pairs
+        out.extend(ids for ids in by_sha.values() if len(ids) > 1)
+    return out
 
 
-def find_duplicates(index: ImageIndex, threshold: float = 0.95, k: int = 16,
-                    chunk: int = 4096) -> list[list[Hit]]:
-    """Groups of images whose cosine similarity is ≥ threshold (transitively), plus exact copies.
+def nearest_kept_groups(graph: NeighbourGraph, threshold: float, keep_key: Callable[[int], tuple],
+                        skip: set = frozenset()) -> list[list[int]]:
+    """The grouping rule of this module's docstring: [[kept, member, ...], ...] in keep order."""
+    nodes = [n for n, nb in graph.edges.items() if n not in skip
+             and any(m not in skip and graph.linked(n, m, s, threshold) for m, s in nb.items())]
+    order = sorted(nodes, key=keep_key)
+    kept: dict[int, list[int]] = {}
+    for n in order:
+        if not any(m in kept and graph.linked(n, m, s, threshold) for m, s in graph.edges[n].items()):
+            kept[n] = [n]
+    rank = {n: i for i, n in enumerate(kept)}
+    for n in order:
+        if n not in kept:
+            # an exact copy of a kept image counts as 1.0, its closest possible match; ties go to the earlier kept
+            best = max((1.0 if frozenset((n, m)) in graph.exact else s, -rank[m], m) for m, s in graph.edges[n].items()
+                       if m in kept and graph.linked(n, m, s, threshold))
+            kept[best[2]].append(n)
+    return [g for g in kept.values() if len(g) > 1]
 
-    Each group starts with its representative (first path) at score 1.0; the others carry their cosine to it.
-    Memory is O(N·k): every vector asks the index for its k nearest neighbours, chunk by chunk.
+
+@dataclass
+class FileFacts:
+    """What the keep rules and the blank test need to know about one file."""
+
+    width: int = 0
+    height: int = 0
+    blank: bool = False
+
+
+def inspect_file(path: str | os.PathLike) -> FileFacts:
+    """Pixel size (from the header) and whether the picture is one flat colour (from a small decode)."""
+    from PIL import Image
+
+    from ..images import open_image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+        small = open_image(path, min_size=64)
+        small.thumbnail((128, 128))
+        blank = all(hi - lo <= BLANK_RANGE for lo, hi in small.getextrema())
+        return FileFacts(width, height, blank)
+    except (OSError, ValueError, BtembedError, Image.DecompressionBombError):
+        return FileFacts()
+
+
+def keep_key(rule: str, rows: dict, facts: dict) -> Callable[[int], tuple]:
+    """Sort key putting the image to keep first: most pixels (then bytes), or oldest (then most pixels)."""
+    if rule not in KEEP_RULES:
+        raise BtembedError(f"unknown keep rule {rule!r}; use one of: {', '.join(KEEP_RULES)}")
+
+    def largest(i):
+        f, r = facts[i], rows[i]
+        return (-f.width * f.height, -r.size, r.path)
+
+    def oldest(i):
+        f, r = facts[i], rows[i]
+        return (r.mtime_ns, -f.width * f.height, r.path)
+    return largest if rule == "largest" else oldest
+
+
+def model_threshold(index: ImageIndex) -> tuple[float, str]:
+    """The calibrated duplicate threshold of the model the folder was indexed with, or 0.95 and why."""
+    from ..modelfolder import ModelFolder
+
+    value = None
+    try:
+        if index._embedder is not None:
+            value = index._embedder.config.duplicate_threshold
+        else:
+            meta = index.catalog.meta()
+            model = ModelFolder.resolve(meta.get("model_source"), revision=meta.get("model_revision"))
+            value = model.config.duplicate_threshold
+    except (BtembedError, OSError):
+        value = None
+    if value is None:
+        return DEFAULT_THRESHOLD, (f"threshold {DEFAULT_THRESHOLD}: the folder's model records no calibrated "
+                                   "duplicate_threshold (--threshold sets one)")
+    return float(value), f"threshold {value}: the model's calibrated duplicate_threshold"
+
+
+def find_duplicates(index: ImageIndex, threshold: float | None = None, *, k: int = 16, keep: str = "largest",
+                    graph: NeighbourGraph | None = None, facts: dict | None = None) -> Duplicates:
+    """Groups of near-duplicate images of an indexed folder (see the module docstring for the rule).
+
+    threshold: cosine to the kept image; None takes the model's calibrated value (0.95 when it has none).
+    graph/facts: reuse a neighbour graph built at a lower floor and per-file facts across calls (the server does).
     """
-    uf = UnionFind()
-    for a, b in exact_copy_pairs(index):
-        uf.union(a, b)
-    k = min(k + 1, index.ann.ntotal)  # +1: a vector finds itself
-    if k > 1:
-        for ids, vecs in index.catalog.chunks(chunk):
-            scores, found = index.ann.search(vecs, k, fetch=index.catalog.fetch)
-            for src, srow, frow in zip(ids, scores, found):
-                for s, j in zip(srow, frow):
-                    if j >= 0 and j != src and s >= threshold:
-                        uf.union(int(src), int(j))
-    groups = uf.groups()
-    paths = index.catalog.paths([i for g in groups for i in g])
+    source = "--threshold"
+    if threshold is None:
+        threshold, source = model_threshold(index)
+    if not -1.0 <= threshold <= 1.0:
+        raise BtembedError(f"the threshold is a cosine similarity between -1 and 1, not {threshold}")
+    graph = graph if graph is not None else neighbour_graph(index, k=k, floor=min(threshold, 1.0))
+    facts = facts if facts is not None else {}
+    candidates = [n for n, nb in graph.edges.items() if any(graph.linked(n, m, s, threshold) for m, s in nb.items())]
+    paths = index.catalog.paths(candidates)
+    rows = {i: index.catalog.lookup(p) for i, p in paths.items()}
+    rows = {i: r for i, r in rows.items() if r is not None and r.ok}  # gone since the graph was built
+    for i in rows:
+        if i not in facts:
+            facts[i] = inspect_file(index.root / rows[i].path)
+    blank = {i for i in rows if facts[i].blank}
+    gone = set(candidates) - set(rows)
+    groups = nearest_kept_groups(graph, threshold, keep_key(keep, rows, facts), skip=blank | gone)
     out = []
     for g in groups:
-        g = sorted(g, key=lambda i: paths[i])
         vecs = index.catalog.fetch(g)
         sims = vecs @ vecs[0]
-        members = [Hit(str(index.root / paths[i]), float(min(1.0, s)), i) for i, s in zip(g, sims)]
-        members[1:] = sorted(members[1:], key=lambda h: (-h.score, h.path))
-        members[0].score = 1.0
+        members = [Member(rows[i].path, 1.0 if j == 0 else float(s), j > 0 and frozenset((g[0], i)) in graph.exact,
+                          j == 0, i, rows[i].size, facts[i].width, facts[i].height, rows[i].mtime_ns)
+                   for j, (i, s) in enumerate(zip(g, sims))]
+        members[1:] = sorted(members[1:], key=lambda m: (-m.exact, -m.score, m.path))
         out.append(members)
-    out.sort(key=lambda m: (-len(m), m[0].path))
-    return out
+    out.sort(key=lambda g: (-len(g), g[0].path))
+    return Duplicates(out, sorted(rows[i].path for i in blank), float(threshold), source, keep)

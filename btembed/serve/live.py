@@ -1,0 +1,83 @@
+"""The folder's index as the server sees it: the last complete generation, swapped for a newer one without a restart.
+
+SQLite connections belong to the thread that made them, so every use of the ImageIndex runs on one worker thread
+(catalog look-ups and FAISS searches take milliseconds; decoding and embedding uploads happen outside it).
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import BtembedError
+from ..search.search import ImageIndex
+from ..search.store import INDEX_FILE, locate_store
+
+CHECK_EVERY = 0.5  # seconds between two looks at the index file; a look is one stat()
+
+
+def index_version(store: Path) -> tuple:
+    """What changes when an index run finishes: the FAISS file is replaced (new inode, mtime) at its end."""
+    try:
+        st = os.stat(store / INDEX_FILE)
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@dataclass
+class Generation:
+    """One opened index and what the server derives from it (built lazily, dropped with it)."""
+
+    index: ImageIndex
+    version: tuple
+    paths: list[str] = field(default_factory=list)  # the good rows' relative paths, sorted
+    indexed: set[str] = field(default_factory=set)
+    cache: dict = field(default_factory=dict)  # per-generation memo: duplicate graph, file facts
+
+
+class LiveIndex:
+    """Holds the current Generation; `call(fn)` runs fn(generation) on the index thread."""
+
+    def __init__(self, folder: str | os.PathLike, db: str | os.PathLike | None = None,
+                 opener: Callable[..., ImageIndex] = ImageIndex.open):
+        self.folder, self.db, self._open = Path(folder), db, opener
+        self.store = locate_store(folder, db)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="btembed-index")
+        self._checked = 0.0
+        self.current: Generation = self._pool.submit(self._load).result()  # errors reach the caller here
+
+    def _load(self) -> Generation:
+        version = index_version(self.store)
+        index = self._open(self.folder, db=self.db)
+        rows = index.catalog.rows()
+        paths = sorted(p for p, r in rows.items() if r.ok)
+        return Generation(index, version, paths, set(paths))
+
+    def _refresh(self) -> Generation:
+        """Reopen when an index run has finished since the last look (at most every CHECK_EVERY seconds)."""
+        now = time.monotonic()
+        if now - self._checked < CHECK_EVERY:
+            return self.current
+        self._checked = now
+        if index_version(self.store) == self.current.version:
+            return self.current
+        try:
+            fresh = self._load()
+        except BtembedError:
+            return self.current  # caught mid-swap or damaged: keep answering from the last good one
+        old, self.current = self.current, fresh
+        old.index.close()
+        return fresh
+
+    def call(self, fn: Callable[[Generation], object]):
+        """fn(current generation) on the index thread; its exceptions reach the caller."""
+        return self._pool.submit(lambda: fn(self._refresh())).result()
+
+    def close(self) -> None:
+        """Close the index and stop the thread."""
+        self._pool.submit(lambda: self.current.index.close()).result()
+        self._pool.shutdown()
