@@ -36,7 +36,7 @@ def summary(rows: list[dict], n_rows: int = 16) -> str:
     parts = part_names(train[0])
     lines = ["| step | epoch | loss | " + "".join(f"{name} | " for name in parts) + "lr | samples/s | feature std | "
              "RankMe (of {}) | kNN top-1 | alarm |".format(train[0].get("rankme_max", "")),
-             "|---" * (10 + len(parts)) + "|"]
+             "|---" * (9 + len(parts)) + "|"]
     for i in picks:
         r = train[i]
         seen = [(s, k) for s, k in knn if s <= r["step"]]
