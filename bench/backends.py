@@ -31,7 +31,7 @@ from btembed.model import Encoder, PixelEncoder
 from btembed.preprocess import load_pixels
 from results_io import machine, write_result
 
-OFFLINE = Path("/work/data/offline/train")
+OFFLINE = Path("../data/offline/train")
 # Clip-art and 28-px Fashion-MNIST are not photos; the rest of the offline pool is wallpapers, sky and textures.
 NOT_PHOTOS = ("openclipart", "fashion")
 SKIMAGE_PHOTOS = ("astronaut", "cat", "chelsea", "coffee", "colorwheel", "hubble_deep_field",

@@ -1,6 +1,6 @@
 """JPEG decode cost on one core: full decode vs btembed's draft decode vs the smallest DCT scale (1/8).
 
-    python bench/jpeg_decode.py [--photos /work/data/bench-photos] [--out bench/results/jpeg_decode.json]
+    python bench/jpeg_decode.py [--photos ../data/bench-photos] [--out bench/results/jpeg_decode.json]
 
 Files are read first (the draft path then reads them from the page cache), so decoding is what is timed (thread
 CPU time, one thread). The 1/8 scale is the least work libjpeg-turbo can do for a file: entropy (Huffman)
@@ -41,7 +41,7 @@ def decode_ms(path: Path, data: bytes, mode: str, cfg) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--photos", type=Path, default=Path("/work/data/bench-photos"))
+    ap.add_argument("--photos", type=Path, default=Path("../data/bench-photos"))
     ap.add_argument("--model", default=None, help="model whose preprocessing sets the draft size (default: the "
                     "pipeline bench's ResNet-50@224, resize 256)")
     ap.add_argument("--out", type=Path, default=RESULTS / "jpeg_decode.json")

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--count", type=int, default=300)
-    ap.add_argument("--cache", type=Path, default=Path("/work/data/.debcache"))
+    ap.add_argument("--cache", type=Path, default=Path("../data/.debcache"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)

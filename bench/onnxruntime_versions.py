@@ -1,6 +1,6 @@
 """Model-only speed of the same ONNX files under several onnxruntime releases, side by side in one run.
 
-    python bench/onnxruntime_versions.py [--versions 1.31.1 1.32.0] [--model /work/data/bench-pipeline/r50]
+    python bench/onnxruntime_versions.py [--versions 1.31.1 1.32.0] [--model ../data/bench-pipeline/r50]
 
 Each release is pip-installed (no deps) into its own folder under --work and run in a fresh child process with
 that folder first on sys.path; children alternate release by release, round by round, and the median round counts.
@@ -78,8 +78,8 @@ def model_files(folder: Path) -> dict[str, Path]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--versions", nargs="+", default=["1.31.1", "1.32.0"])
-    ap.add_argument("--model", type=Path, default=Path("/work/data/bench-pipeline/r50"))
-    ap.add_argument("--work", type=Path, default=Path("/work/data/bench-onnxruntime"))
+    ap.add_argument("--model", type=Path, default=Path("../data/bench-pipeline/r50"))
+    ap.add_argument("--work", type=Path, default=Path("../data/bench-onnxruntime"))
     ap.add_argument("--batch", type=int, default=64, help="`btembed index --batch-size` default")
     ap.add_argument("--images", type=int, default=320)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))

@@ -1,7 +1,7 @@
 """Pipeline speed of `btembed index` on hi-res JPEGs, side by side in one run: naive loop, model-only, end to end.
 
-    python bench/pipeline.py [--photos /work/data/bench-photos] [--small /work/data/bench_reindex/photos10000]
-                             [--work /work/data/bench-pipeline] [--limit N] [--out bench/results/pipeline.json]
+    python bench/pipeline.py [--photos ../data/bench-photos] [--small ../data/bench_reindex/photos10000]
+                             [--work ../data/bench-pipeline] [--limit N] [--out bench/results/pipeline.json]
 
 (a) naive loop: PIL full decode + torchvision Resize/CenterCrop/Normalize + eager fp32 NCHW torch, batch 16;
 (b) model-only img/s of each backend path on pre-decoded uint8 NHWC batches (same batch size as the index), on
@@ -311,10 +311,10 @@ def defaults() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--photos", type=Path, default=Path("/work/data/bench-photos"))
-    ap.add_argument("--small", type=Path, default=Path("/work/data/bench_reindex/photos10000"),
+    ap.add_argument("--photos", type=Path, default=Path("../data/bench-photos"))
+    ap.add_argument("--small", type=Path, default=Path("../data/bench_reindex/photos10000"),
                     help="indexed folder of small files (bench/reindex.py builds it)")
-    ap.add_argument("--work", type=Path, default=Path("/work/data/bench-pipeline"))
+    ap.add_argument("--work", type=Path, default=Path("../data/bench-pipeline"))
     ap.add_argument("--limit", type=int, default=None, help="use only the first N photos (quick check)")
     ap.add_argument("--repeat", type=int, default=2, help="repeats of each e2e run and lever (median)")
     ap.add_argument("--skip-memory", action="store_true")

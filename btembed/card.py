@@ -117,7 +117,16 @@ def render_card(config: ModelConfig, *, description: str | None = None, tags=())
         f"{pre.crop} crop {pre.input_size}, mean {list(pre.mean)}, std {list(pre.std)} |",
         f"| License | {config.license or 'not set'} |",
     ]
-    if source.get("kind"):
+    if source.get("url"):  # the authors' own file, fetched and converted by btembed
+        how = "pinned in btembed's registry" if source.get("sha256_pinned") else "trusted on first use"
+        body += [f"| Source file | {source['url']} ({source.get('format', '')}) |",
+                 f"| Source sha256 | `{source.get('sha256', '')}` ({how}) |",
+                 f"| License of the weights | {source.get('license') or 'not stated'}"
+                 + (f", {source['license_note']}" if source.get("license_note") else "")
+                 + (f" — {source['license_url']}" if source.get("license_url") else "") + " |"]
+        if source.get("reference"):
+            body.append(f"| Paper | {source['reference']} |")
+    elif source.get("kind"):
         origin = source.get("origin") or source.get("kind")
         body.append(f"| Source | {origin} |")
     body += ["", "## Training", ""] + _training_lines(config.training)
@@ -126,7 +135,8 @@ def render_card(config: ModelConfig, *, description: str | None = None, tags=())
              else ["No metrics have been measured by btembed for this model yet."])
     if reported:
         body += ["", "### Reported by the original authors (not measured by us)", "",
-                 f"> These figures are published by the original authors for "
+                 "> *Reported by the authors, not measured by btembed.* "
+                 f"These figures are published by the original authors for "
                  f"{source.get('reported_for', 'the original release')}. btembed copied them with their reference "
                  "and did not reproduce them.", ""]
         body += _metric_table(reported, with_reference=True)

@@ -1,7 +1,8 @@
 """Write and check btembed/registry.json: the released-model table the library ships as package data.
 
 Rule of the registry: nothing invented. A released entry pins a 40-hex commit and the sha256 of its files (both
-come from a real upload); an unreleased entry has neither.
+come from a real upload); an unreleased entry has neither. A `source` block names the authors' own file: its sha256
+and size are null until someone downloaded the real file and recorded them (docs/hub.md, "Pinning a source").
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from btembed.errors import BtembedError
 
 REGISTRY_PATH = Path(__file__).resolve().parent.parent / "btembed" / "registry.json"
 ENTRY_KEYS = ("repo_id", "released", "revision", "architecture", "embedding_dim", "license", "files", "metrics",
-              "embedded", "description")
+              "embedded", "description", "source")
+SOURCE_KEYS = ("url", "sha256", "size", "format", "license", "reported")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -70,7 +72,8 @@ def entry_from_folder(folder: str | Path, repo_id: str, revision: str | None,
 
 def check_entry(name: str, entry: dict) -> list[str]:
     """Rule violations of one entry (empty when it is fine)."""
-    problems = [f"{name}: missing key {k!r}" for k in ENTRY_KEYS if k not in entry and k != "embedded"]
+    problems = [f"{name}: missing key {k!r}" for k in ENTRY_KEYS if k not in entry and k not in ("embedded", "source")]
+    problems += check_source(name, entry)
     if entry.get("released"):
         if not _SHA1.match(str(entry.get("revision") or "")):
             problems.append(f"{name}: released but its revision is not a 40-hex commit sha")
@@ -81,6 +84,27 @@ def check_entry(name: str, entry: dict) -> list[str]:
     for fname, digest in (entry.get("files") or {}).items():
         if not _SHA256.match(str(digest)):
             problems.append(f"{name}: files[{fname!r}] is not a sha256 hex digest")
+    return problems
+
+
+def check_source(name: str, entry: dict) -> list[str]:
+    """Rule violations of an entry's source block (the authors' file), if it has one."""
+    from btembed.convert import FORMATS
+
+    source = entry.get("source")
+    if source is None:
+        return []
+    problems = [f"{name}: source has no {k!r}" for k in SOURCE_KEYS if k not in source]
+    if not str(source.get("url", "")).startswith("https://"):
+        problems.append(f"{name}: source url must be an https:// URL")
+    if source.get("sha256") is not None and not _SHA256.match(str(source["sha256"])):
+        problems.append(f"{name}: source sha256 is neither null nor a sha256 hex digest")
+    if source.get("size") is not None and not (isinstance(source["size"], int) and source["size"] > 0):
+        problems.append(f"{name}: source size is neither null nor a positive byte count")
+    if source.get("format") not in FORMATS:
+        problems.append(f"{name}: source format {source.get('format')!r} is not one of {', '.join(FORMATS)}")
+    if source.get("license") != entry.get("license"):
+        problems.append(f"{name}: the entry's license and its source's license differ")
     return problems
 
 
@@ -102,7 +126,9 @@ def set_entry(name: str, entry: dict, *, make_default: bool = False, path: str |
     """Add or replace one entry (and optionally make it the default), refusing anything that breaks the rules."""
     registry = read_registry(path)
     registry.setdefault("default", None)
-    registry.setdefault("models", {})[name] = {k: entry.get(k) for k in ENTRY_KEYS}
+    old = registry.setdefault("models", {}).get(name) or {}
+    # An entry rebuilt from an uploaded folder keeps the authors' source it was converted from.
+    registry["models"][name] = {k: entry.get(k, old.get(k)) for k in ENTRY_KEYS if k in entry or k in old}
     if make_default:
         registry["default"] = name
     problems = check_registry(registry)

@@ -52,11 +52,12 @@ def test_info_and_user_errors(tiny_model_dir, tmp_path):
 
 def test_unreleased_model_offline_fails_fast_with_one_sentence(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", NO_NETWORK_CLI, "info", "btembed/r50"], capture_output=True,
+    env["BTEMBED_CACHE"] = str(tmp_path / "btembed-cache")
+    out = subprocess.run([sys.executable, "-c", NO_NETWORK_CLI, "models", "fetch", "btembed/r50"], capture_output=True,
                          text=True, env={**os.environ, **env}, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "network connection attempted" not in out.stderr
-    assert "local Hugging Face cache" in out.stderr and "offline" in out.stderr
+    assert "btembed's cache" in out.stderr and "offline" in out.stderr and "--from FILE" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
 

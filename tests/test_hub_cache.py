@@ -68,9 +68,17 @@ def test_models_lists_registry_with_availability(tmp_path):
     out = run(["-m", "btembed", "models", "--json"], env)
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)["models"]}
-    assert rows["btembed/r50"]["status"] == "unreleased" and rows["btembed/r50"]["released"] is False
+    # not on the Hub, but the authors' file is: downloadable, with the licence of their LICENSE
+    assert rows["btembed/r50"]["status"] == "downloadable" and rows["btembed/r50"]["released"] is False
+    assert rows["btembed/r50"]["license"] == "mit" and rows["btembed/simsiam-r50"]["license"] == "cc-by-nc-4.0"
     text = run(["-m", "btembed", "models"], env)
-    assert "btembed/r50" in text.stdout and "not released yet" in text.stdout
+    assert "btembed/r50" in text.stdout and "downloadable" in text.stdout and "cc-by-nc-4.0" in text.stdout
+    # an entry with neither a release nor a source is "not released yet"
+    later = {"repo_id": "org/later", "released": False, "revision": None, "architecture": "resnet50",
+             "embedding_dim": 2048, "license": "mit"}
+    (tmp_path / "registry.json").write_text(json.dumps({"default": None, "models": {"org/later": later}}))
+    text = run(["-m", "btembed", "models"], {**env, "BTEMBED_REGISTRY": str(tmp_path / "registry.json")})
+    assert "org/later" in text.stdout and "not released yet" in text.stdout
 
     # a copy placed in the local cache (e.g. carried over from another machine) is found, still offline
     cache = tmp_path / "hf"
@@ -87,7 +95,7 @@ def test_availability_order(tmp_path, monkeypatch):
     make_model_dir(tmp_path / "tiny")
     monkeypatch.setattr(models, "cached_folder", lambda repo, rev: None)
     assert models.availability("a", {"repo_id": "o/a", "embedded": "tiny"}) == ("embedded", str(tmp_path / "tiny"))
-    assert models.availability("b", {"repo_id": "o/b", "released": True, "revision": SHA}) == ("hub", None)
+    assert models.availability("b", {"repo_id": "o/b", "released": True, "revision": SHA}) == ("downloadable", None)
     assert models.availability("c", {"repo_id": "o/c", "released": False}) == ("unreleased", None)
     monkeypatch.setattr(models, "cached_folder", lambda repo, rev: "/cache/x")
     assert models.availability("b", {"repo_id": "o/b", "released": True, "revision": SHA}) == ("cached", "/cache/x")

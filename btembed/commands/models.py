@@ -1,18 +1,27 @@
-"""btembed models: every registry entry and where it can be had (embedded / local cache / hub / unreleased)."""
+"""btembed models: every registry entry with its licence and state; `models fetch NAME` downloads or carries one in."""
 from __future__ import annotations
 
-from . import print_json
+from . import print_json, say
 
 # Where a registry model is available, best first.
-EMBEDDED, CACHED, HUB, UNRELEASED = "embedded", "cached", "hub", "unreleased"
-WHERE = {EMBEDDED: "embedded in the package", CACHED: "in the local Hugging Face cache",
-         HUB: "on the Hub only (downloads on first use)", UNRELEASED: "not released yet"}
+EMBEDDED, CACHED, DOWNLOADABLE, UNRELEASED = "embedded", "cached", "downloadable", "unreleased"
+WHERE = {EMBEDDED: "embedded in the package", CACHED: "cached on this machine",
+         DOWNLOADABLE: "downloadable (fetched on first use)", UNRELEASED: "not released yet"}
 
 
 def register(sub) -> None:
-    """Add the models subcommand."""
-    p = sub.add_parser("models", help="list known models and where each is available")
+    """Add the models subcommand and its fetch action."""
+    p = sub.add_parser("models", help="list known models, their licences and where each is available",
+                       description="List the registry's models with licence and state (embedded / cached / "
+                                   "downloadable / not released). `btembed models fetch NAME` downloads one now; "
+                                   "with --from FILE it verifies, converts and caches a file carried in by hand.")
     p.add_argument("--json", action="store_true")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    f = actions.add_parser("fetch", help="download (or --from FILE: carry in) a registry model into btembed's cache")
+    f.add_argument("name", help="registry name, e.g. btembed/r50")
+    f.add_argument("--from", dest="from_file", metavar="FILE", default=None,
+                   help="the authors' file, downloaded elsewhere (air-gapped machines)")
+    f.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 
 
@@ -22,37 +31,61 @@ def cached_folder(repo_id: str, revision: str | None) -> str | None:
 
     from huggingface_hub import try_to_load_from_cache
 
+    from ..modelfiles import CONFIG_FILE, WEIGHTS_FILE
+
     found = [try_to_load_from_cache(repo_id, name, revision=revision or "main")
-             for name in ("config.json", "model.safetensors")]
+             for name in (CONFIG_FILE, WEIGHTS_FILE)]
     if all(isinstance(f, str) for f in found):
         return os.path.dirname(found[0])
     return None
 
 
 def availability(name: str, entry: dict) -> tuple[str, str | None]:
-    """(status, local folder or None) of one registry entry, checked offline."""
-    from ..modelfiles import embedded_dir
+    """(state, local folder or None) of one registry entry, checked offline."""
+    from ..modelfiles import CONFIG_FILE, embedded_dir
+    from ..sources import cached_source_folder
 
     if entry.get("embedded"):
         folder = embedded_dir() / entry["embedded"]
-        if (folder / "config.json").is_file():
+        if (folder / CONFIG_FILE).is_file():
             return EMBEDDED, str(folder)
-    # an unreleased name may still sit in the cache (pre-filled by hand); the resolver uses it then
+    # an unreleased name may still sit in the HF cache (pre-filled by hand); the resolver uses it then
     folder = cached_folder(entry["repo_id"], entry.get("revision"))
     if folder:
         return CACHED, folder
-    return (HUB, None) if entry.get("released") else (UNRELEASED, None)
+    if entry.get("source"):
+        found = cached_source_folder(name, entry)
+        return (CACHED, str(found)) if found else (DOWNLOADABLE, None)
+    return (DOWNLOADABLE, None) if entry.get("released") else (UNRELEASED, None)
+
+
+def fetch(args) -> int:
+    """Download (or carry in) one registry model and say where it is."""
+    from ..errors import ModelError
+    from ..sources import fetch as fetch_source
+    from ..sources import registry_entry
+
+    entry = registry_entry(args.name)
+    if entry is None:
+        raise ModelError(f"{args.name} is not a registry name; `btembed models` lists them")
+    folder = fetch_source(args.name, entry, from_file=args.from_file)
+    if args.json:
+        print_json({"name": args.name, "folder": str(folder)})
+    say(f"{args.name}: ready in {folder}")
+    return 0
 
 
 def run(args) -> int:
-    """Print the registry with availability."""
+    """Print the registry with licence and availability (or run the fetch action)."""
     from ..sources import load_registry
 
+    if args.action == "fetch":
+        return fetch(args)
     registry = load_registry()
     rows = []
     for name, entry in registry.get("models", {}).items():
-        status, folder = availability(name, entry)
-        rows.append({"name": name, "status": status, "where": WHERE[status], "folder": folder,
+        state, folder = availability(name, entry)
+        rows.append({"name": name, "status": state, "where": WHERE[state], "folder": folder,
                      "default": name == registry.get("default"), **entry})
     if args.json:
         print_json({"default": registry.get("default"), "models": rows})
