@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from btembed.config import ModelConfig
-from btembed.search.calibrate import (EDITS, best_f1, calibrate_threshold, near_duplicate_families,
+from btembed.search.calibrate import (EDITS, best_point, calibrate_threshold, near_duplicate_families,
                                       pair_precision_recall)
 from btembed.search.catalog import CATALOG_FILE, Catalog
 from btembed.search.dedup import NeighbourGraph, find_duplicates, nearest_kept_groups
@@ -161,7 +161,9 @@ def test_pair_precision_recall_counts_implied_pairs():
     # one right pair (0,1), two wrong ones (0,3), (1,3); truth has 3 + 1 pairs
     assert pair_precision_recall([[0, 1, 3]], families) == (1 / 3, 1 / 4)
     assert pair_precision_recall([[0, 1, 2], [3, 4]], families) == (1.0, 1.0)
-    assert best_f1([(0.9, 0.5, 1.0), (0.95, 1.0, 0.9), (0.97, 1.0, 0.9)])[0] == 0.97
+    assert best_point([(0.9, 0.5, 1.0), (0.95, 1.0, 0.9), (0.96, 1.0, 0.9), (0.97, 1.0, 0.9)])[0] == 0.96
+    # precision weighs more than recall: 0.99/0.96 loses to 1.0/0.95
+    assert best_point([(0.96, 0.99, 0.96), (0.965, 1.0, 0.95)])[0] == 0.965
 
 
 def test_calibration_on_photos(photo_paths, tiny_model_dir):
@@ -173,6 +175,6 @@ def test_calibration_on_photos(photo_paths, tiny_model_dir):
     assert images[2].size == (80, 60) and images[3].size == (136, 102)  # half size, 85 % crop
     result = calibrate_threshold(Embedder.from_pretrained(str(tiny_model_dir)), photos)
     assert 0.85 <= result.threshold <= 0.995 and result.photos == 3
-    t, p, r = best_f1(result.curve)
+    t, p, r = best_point(result.curve)
     assert (t, p, r) == (result.threshold, result.precision, result.recall) and 0 < p <= 1 and 0 < r <= 1
     assert set(result.metrics("3 photos")) == {"dedup_pair_precision", "dedup_pair_recall"}

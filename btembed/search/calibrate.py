@@ -4,7 +4,8 @@ Each photo yields a family of eight: itself and seven edits a person makes to a 
 85 % centre crop, +20 % brightness, 5° rotation, a text watermark, a mirror flip). Families are embedded, grouped
 with the same rule as `btembed dedup` (search/dedup.py) at every threshold of a grid, and scored by the pairs the
 groups imply: precision = implied pairs that share a photo / implied pairs; recall = / pairs that share a photo.
-The calibrated threshold is the one of best F1 (the higher one on a tie).
+The calibrated threshold is the one of best F0.5 (precision weighs twice recall: a wrong group proposes removing a
+distinct photo, a missed copy only costs space); of tied thresholds, the middle one.
 """
 from __future__ import annotations
 
@@ -113,12 +114,16 @@ def curve_of(vectors: np.ndarray, families: np.ndarray, pixels: np.ndarray, grid
     return [(t, *pair_precision_recall(nearest_kept_groups(graph, t, order.__getitem__), fam)) for t in grid]
 
 
-def best_f1(curve) -> tuple[float, float, float]:
-    """The (threshold, precision, recall) point of best F1; the higher threshold on a tie."""
-    def f1(point):
+def best_point(curve, beta: float = 0.5) -> tuple[float, float, float]:
+    """The (threshold, precision, recall) point of best F-beta; among tied points the middle one (the lower of
+    two), the farthest from where the score drops on either side."""
+    def f_beta(point):
         _, p, r = point
-        return 0.0 if p + r == 0 else 2 * p * r / (p + r)
-    return max(curve, key=lambda point: (round(f1(point), 6), point[0]))
+        b2 = beta * beta
+        return 0.0 if p + r == 0 else round((1 + b2) * p * r / (b2 * p + r), 6)
+    best = max(map(f_beta, curve))
+    tied = sorted((point for point in curve if f_beta(point) == best), key=lambda point: point[0])
+    return tied[(len(tied) - 1) // 2]
 
 
 def calibrate_threshold(embedder, photos, grid=GRID) -> Calibration:
@@ -130,5 +135,5 @@ def calibrate_threshold(embedder, photos, grid=GRID) -> Calibration:
     vectors = embedder.embed(images, num_workers=0)
     pixels = np.array([im.width * im.height for im in images])
     curve = curve_of(vectors, families, pixels, grid)
-    t, p, r = best_f1(curve)
+    t, p, r = best_point(curve)
     return Calibration(t, p, r, len(photos), curve)
