@@ -21,11 +21,12 @@ def make_folder(root: Path, photo_paths) -> Path:
     return root
 
 
-def index(root: Path, model_dir) -> None:
-    """`btembed index root` with a test model."""
+def index(root: Path, model_dir, backend: str = "torch") -> None:
+    """`btembed index root` with a model folder (None: the embedded default), on torch (no ONNX export)."""
     from btembed.search.apply import IndexOptions, index_folder
 
-    index_folder(root, IndexOptions(model=str(model_dir), workers=0))
+    index_folder(root, IndexOptions(model=None if model_dir is None else str(model_dir), workers=0,
+                                    backend=backend))
 
 
 def png_header_only(width: int, height: int) -> bytes:

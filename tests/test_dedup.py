@@ -1,4 +1,4 @@
-"""btembed dedup: groups that never chain, exact copies, blank images apart, keep rules, report, actions, calibration."""
+"""btembed dedup: groups never chain; exact copies, blank images apart, keep rules, report, actions, calibration."""
 from __future__ import annotations
 
 import json
@@ -173,7 +173,7 @@ def test_calibration_on_photos(photo_paths, tiny_model_dir):
     images, families = near_duplicate_families(photos)
     assert len(images) == 3 * (1 + len(EDITS)) and families.tolist() == [0] * 8 + [1] * 8 + [2] * 8
     assert images[2].size == (80, 60) and images[3].size == (136, 102)  # half size, 85 % crop
-    result = calibrate_threshold(Embedder.from_pretrained(str(tiny_model_dir)), photos)
+    result = calibrate_threshold(Embedder.from_pretrained(str(tiny_model_dir), backend="torch"), photos)
     assert 0.85 <= result.threshold <= 0.995 and result.photos == 3
     t, p, r = best_point(result.curve)
     assert (t, p, r) == (result.threshold, result.precision, result.recall) and 0 < p <= 1 and 0 < r <= 1

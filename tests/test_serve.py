@@ -30,7 +30,7 @@ def folder(tmp_path_factory, photo_paths, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def client(folder):
-    app = create_app(folder, limits=Limits(max_bytes=300_000, max_pixels=50_000_000))
+    app = create_app(folder, limits=Limits(max_bytes=300_000, max_pixels=50_000_000), backend="torch")
     with TestClient(app) as c:
         yield c
 

@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--model", "-m", default=None,
                    help="the model to serve with; must be the one the folder was indexed with (default: that one)")
     p.add_argument("--revision", default=None, help="hub revision of --model")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="how uploaded photos are embedded (default auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... for uploaded photos")
     p.add_argument("--db", default=None, help="index folder, when DIR was indexed with --db")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest query photo in MB (default 20)")
     p.add_argument("--max-megapixels", type=float, default=50.0, help="largest query photo in MP (default 50)")
@@ -37,7 +40,8 @@ def run(args) -> int:
         raise BtembedError(f"btembed serve needs its web packages ({e.name} is missing); "
                            "install them with `pip install 'btembed[serve]'`") from None
     limits = Limits(int(args.max_upload_mb * 1024 * 1024), int(args.max_megapixels * 1_000_000))
-    app = create_app(args.folder, db=args.db, model=args.model, revision=args.revision, limits=limits)
+    app = create_app(args.folder, db=args.db, model=args.model, revision=args.revision, limits=limits,
+                     backend=args.backend, device=args.device)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         say(f"listening on {args.host}: anyone who can reach it can see the photos of {args.folder}")
     images = app.state.live.current.paths

@@ -16,6 +16,7 @@ from ..version import __version__
 from ..errors import BtembedError, CatalogError
 from ..search.dedup import KEEP_RULES, find_duplicates, model_threshold, neighbour_graph
 from .live import Generation, LiveIndex
+from .query_model import QueryModel
 from .thumbs import snap_size, thumbnail
 from .uploads import BodyCap, Limits, UploadRejected, open_checked
 
@@ -71,7 +72,8 @@ def _model_threshold(gen: Generation) -> tuple[float, str]:
 
 
 def create_app(folder: str | os.PathLike, *, db: str | os.PathLike | None = None, model: str | None = None,
-               revision: str | None = None, limits: Limits = Limits()) -> FastAPI:
+               revision: str | None = None, limits: Limits = Limits(), backend: str = "auto",
+               device: str = "auto") -> FastAPI:
     """The app for an indexed folder; raises CatalogError (one line) when it is not indexed or --model differs."""
     live = LiveIndex(folder, db)
     try:
@@ -82,6 +84,7 @@ def create_app(folder: str | os.PathLike, *, db: str | os.PathLike | None = None
     app = FastAPI(title="btembed serve", version=__version__, docs_url=None, redoc_url=None,
                   description="Read-only search and duplicates over one indexed folder.")
     app.state.live = live
+    query_model = QueryModel(backend, device)
     app.add_middleware(BodyCap, max_bytes=limits.max_bytes)
     app.router.add_event_handler("shutdown", live.close)
 
@@ -134,7 +137,8 @@ def create_app(folder: str | os.PathLike, *, db: str | os.PathLike | None = None
     async def search_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=MAX_K)):
         data = await image.read()
         picture = await run_in_threadpool(open_checked, data, limits)
-        embedder = await run_in_threadpool(live.call, lambda g: g.index.embedder)
+        stamp = await run_in_threadpool(live.call, lambda g: g.index.catalog.model_stamp())
+        embedder = await run_in_threadpool(query_model.get, stamp, live.folder)
         vector = (await run_in_threadpool(embedder.embed, [picture], num_workers=0))[0]
         hits = await run_in_threadpool(live.call, lambda g: _relative(g, g.index.search(vector, k=k)))
         return {"query": image.filename or "upload", "results": hits}
