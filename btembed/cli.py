@@ -1,6 +1,7 @@
 """The `btembed` command: parses arguments, dispatches to btembed/commands/*, turns user errors into one line.
 
-Exit codes: 0 success, 1 user error (one clear line on stderr), 2 usage error (argparse).
+Exit codes: 0 success (a run that completed with unreadable files listed, or whose reader closed stdout early),
+1 nothing could be done (one clear line on stderr), 2 usage error (argparse).
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Callable
 
 from . import __version__
 from .errors import BtembedError
@@ -26,23 +28,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def with_closable_stdout(run: Callable[[], int]) -> int:
+    """run() with its output flushed; a reader that quit early (`| head`, a pager) ends it quietly with status 0.
+
+    Python would otherwise print a BrokenPipeError traceback, and again when it flushes stdout at exit.
+    """
+    try:
+        status = run()
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, without a second error
+        os.close(devnull)
+        return 0
+
+
 def main(argv=None) -> int:
     """Entry point of the console script."""
     # Every command here is inference beside decode threads: libgomp's default spin-waiting between torch ops
     # takes the cores the decoders need (bench/pipeline.py: torch bf16 index +11 %). Read when torch loads,
     # which is after this line; a user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if hasattr(sys.stdout, "reconfigure"):
+        # A file name that is not UTF-8 prints as its raw bytes, as ls and find print it (JSON keeps the rule of
+        # btembed.names instead).
+        sys.stdout.reconfigure(errors="surrogateescape")
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        return with_closable_stdout(lambda: int(args.run(args) or 0))
     except BtembedError as e:
         print(f"btembed {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"btembed {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+    except OSError as e:
+        # A file or folder no check foresaw (gone, unreadable, a full disk): one line naming it, not a traceback.
+        from .images import os_cause
+
+        name = f"{e.filename}: " if e.filename is not None else ""
+        print(f"btembed {args.command}: error: {name}{os_cause(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ def _plain_jpeg_bytes(path) -> bytes | None:
     The file is read once: Pillow parses the header from these bytes and the decoder gets the same bytes.
     """
     try:
+        if not Path(path).is_file():  # a named pipe or device would block the read: Pillow's path refuses it
+            return None
         data = Path(path).read_bytes()
         with Image.open(io.BytesIO(data)) as image:
             # TorchCodec does not apply EXIF orientation: rotated files go the Pillow path, which does.

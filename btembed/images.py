@@ -1,8 +1,11 @@
 """Finding and opening image files safely: orientation, modes, bad files and bombs become ImageError."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -28,32 +31,119 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
 
 
+# What a folder entry that is not a regular file is, for the one line that says why it is skipped.
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def not_regular(mode: int) -> str | None:
+    """Why a file of this st_mode cannot be an image ('a named pipe, not a regular file'), or None."""
+    for test, what in _SPECIAL:
+        if test(mode):
+            return f"{what}, not a regular file (never opened)"
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not a regular file (never opened)"
+
+
+def os_cause(error: OSError) -> str:
+    """A short, human cause of an OS error: 'permission denied', 'symbolic link loop', ..."""
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if isinstance(error, FileNotFoundError):
+        return "does not exist (or is a broken symbolic link)"
+    return (error.strerror or str(error)).lower()
+
+
+def check_readable(path: str | os.PathLike, what: str = "an image file") -> None:
+    """Raise ImageError with the exact cause unless path is a regular file this process can open."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        raise ImageError(path, f"no such file; give an image file as {what}") from None
+    except OSError as e:
+        raise ImageError(path, f"{os_cause(e)} (a folder on its way cannot be entered)") from None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError(path, "broken symbolic link (its target does not exist)") from None
+    except OSError as e:
+        raise ImageError(path, os_cause(e)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(path, f"is a folder; give an image file as {what}")
+    why = not_regular(st.st_mode)
+    if why:
+        raise ImageError(path, why)
+    try:
+        os.close(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
+    except OSError as e:
+        raise ImageError(path, os_cause(e)) from None
+
+
+@dataclass
+class FolderScan:
+    """What one walk of a folder saw: image files, folders listed in full, folders it could not list, and
+    image-named entries it will not open (named pipes, sockets, devices, links to them)."""
+
+    files: list = field(default_factory=list)  # Path, depth first in name order
+    listed: set = field(default_factory=set)  # Path of every folder listed in full
+    failed: dict = field(default_factory=dict)  # Path of a folder -> why it could not be listed
+    skipped: dict = field(default_factory=dict)  # Path of a file -> why it is not read
+
+
+def scan_folder(folder: str | os.PathLike, skip_hidden: bool = True, seen: set | None = None) -> FolderScan:
+    """Walk folder for image files, depth first in name order, skipping hidden entries (such as .btembed/);
+    symlinked folders are followed once (loops cut by device and inode; pass the same `seen` set to scans of
+    sibling folders so a link back up is cut too). A folder that cannot be listed is recorded in `failed`, never
+    silently taken for empty."""
+    out = FolderScan()
+    seen_dirs: set[tuple[int, int]] = set() if seen is None else seen
+    stack = [Path(folder)]
+    while stack:
+        path = stack.pop()
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            out.failed[path] = os_cause(e)
+            continue
+        out.listed.add(path)
+        subdirs = []
+        for entry in entries:
+            if skip_hidden and entry.name.startswith("."):
+                continue
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                subdirs.append(Path(entry.path))
+            elif is_image_path(entry.name):
+                why = None
+                if not is_file:  # a special file, or a link that cannot be followed (kept: its error is recorded)
+                    try:
+                        why = not_regular(os.stat(entry.path).st_mode)
+                    except OSError:
+                        why = None
+                if why:
+                    out.skipped[Path(entry.path)] = why
+                else:
+                    out.files.append(Path(entry.path))
+        stack.extend(reversed(subdirs))
+    return out
+
+
 def find_images(folder: str | os.PathLike, skip_hidden: bool = True) -> Iterator[Path]:
-    """Yield image files under folder recursively, sorted, skipping hidden entries (such as .btembed/)."""
+    """Yield image files under folder recursively, sorted, skipping hidden entries (such as .btembed/) and
+    files that are not regular (named pipes, devices); scan_folder also says what could not be listed."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(folder, "not a folder")
-    seen_dirs: set[tuple[int, int]] = set()
-    # os.walk with followlinks would loop forever on a symlink cycle; track (dev, inode) ourselves.
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        try:
-            st = os.stat(root)
-        except OSError:
-            dirs[:] = []
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in seen_dirs:
-            dirs[:] = []
-            continue
-        seen_dirs.add(key)
-        if skip_hidden:
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-        dirs.sort()
-        for name in sorted(files):
-            if skip_hidden and name.startswith("."):
-                continue
-            if is_image_path(name):
-                yield Path(root) / name
+    yield from scan_folder(folder, skip_hidden).files
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -81,6 +171,9 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
     """
     path = Path(path)
     try:
+        why = not_regular(os.stat(path).st_mode)
+        if why:
+            raise ImageError(path, why)
         with warnings.catch_warnings():
             # Pillow's own warning starts at ~89 MP, below MAX_PIXELS: turned into an error it refused 100-150 MP
             # camera photos. MAX_PIXELS is checked just below; Pillow still raises its error above ~179 MP.

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from btembed.cli import with_closable_stdout
 from btembed.errors import BtembedError
 
 
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     if args.command == "registry" and args.action == "add" and not (args.model_dir and args.name and args.repo):
         parser.error("registry add needs MODEL_DIR, --name and --repo")
     try:
-        return int(args.run(args) or 0)
+        return with_closable_stdout(lambda: int(args.run(args) or 0))  # `| head` ends it quietly
     except BtembedError as e:
         print(f"python -m hub {args.command}: error: {e}", file=sys.stderr)
         return 1

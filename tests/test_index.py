@@ -166,16 +166,30 @@ def test_hashes_of_an_older_catalog_are_forgotten(folder, tiny_model_dir):
     assert (r.new, r.reused, r.embedded, r.unchanged) == (1, 1, 0, 6)
 
 
-def test_a_file_name_that_is_not_utf8_is_skipped_and_named(folder, tiny_model_dir):
-    """SQLite holds text as UTF-8: such a name used to crash every index run of its folder."""
-    shutil.copy(folder / "astronaut.jpg", os.fsencode(folder) + b"/caf\xe9.jpg")
+def test_a_file_name_that_is_not_utf8_is_indexed_and_searchable(folder, tiny_model_dir):
+    """Issue 28 (3): such names were skipped by index, and crashed search and probe (UnicodeEncodeError); now
+    every output keeps them by one rule: `path` as text (U+FFFD) plus `path_bytes` (base64 of the raw name)."""
+    import base64
+
+    raw = os.fsencode(folder) + b"/caf\xe9.jpg"
+    shutil.copy(folder / "coffee.jpg", raw)
+    Image.fromarray(np.full((70, 70, 3), 30, np.uint8)).save(os.fsencode(folder) + b"/sub/\xff\xfe.png")
     code, out, err = cli("index", folder, "--model", tiny_model_dir, "--json")
     assert code == 0 and "Traceback" not in err
-    assert "skipped caf\\xe9.jpg: file name is not valid UTF-8" in err and "1 skipped" in err
     report = json.loads(out)
-    assert report["total"] == 6 and report["skipped"] == [
-        {"path": "caf\\xe9.jpg", "reason": "file name is not valid UTF-8; rename the file to index it"}]
-    assert run_index(folder, tiny_model_dir).unchanged == 6  # and the next run is not stuck either
+    assert (report["total"], report["skipped"], report["failed"]) == (8, [], 0)
+    code, out, err = cli("search", folder, os.fsdecode(raw), "-k", "2", "--json")
+    assert code == 0 and "Traceback" not in err
+    result = json.loads(out)
+    assert result["query_bytes"] == base64.b64encode(raw).decode() and result["query"].endswith("caf\ufffd.jpg")
+    top = {h["path"]: h for h in result["results"]}
+    assert set(top) == {str(folder / "caf\ufffd.jpg"), str(folder / "coffee.jpg")}
+    assert base64.b64decode(top[str(folder / "caf\ufffd.jpg")]["path_bytes"]) == raw
+    assert "path_bytes" not in top[str(folder / "coffee.jpg")]
+    text = subprocess.run([sys.executable, "-m", "btembed", "search", str(folder), os.fsdecode(raw), "-k", "1"],
+                          capture_output=True, timeout=300)  # text output: the raw name, as ls prints it
+    assert text.returncode == 0 and text.stdout.split(b"  ", 1)[1].strip() == raw
+    assert run_index(folder, tiny_model_dir).unchanged == 8  # stored under its real name: not new again
 
 
 def test_a_damaged_catalog_is_named_and_rebuild_sets_it_aside(folder, tiny_model_dir):

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 
+from btembed.cli import with_closable_stdout
 from btembed.errors import BtembedError
 from btembed.preprocess import INTERPOLATIONS
 
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     if late:
         args.overrides = [*args.overrides, *late]
     try:
-        return args.func(args)
+        return with_closable_stdout(lambda: args.func(args))  # `| head` ends it quietly
     except BtembedError as e:
         print(f"training: error: {e}", file=sys.stderr)
         return 1

@@ -22,53 +22,75 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def collect_paths(inputs) -> list[Path]:
-    """Expand folders recursively into image files; keep files as given."""
-    from ..images import find_images
+def collect_paths(inputs, failures: list) -> list[Path]:
+    """Expand folders recursively into image files; keep files as given. What cannot be read at all (a folder
+    that cannot be listed, a named pipe, a path whose folder cannot be entered) goes to failures as {path, error}."""
+    from ..images import os_cause, scan_folder
 
     paths: list[Path] = []
     for text in inputs:
         p = Path(text)
-        if p.is_dir():
-            paths.extend(find_images(p))
-        elif p.exists() or p.is_symlink():
+        try:
+            os.lstat(p)
+            is_dir = p.is_dir()
+        except FileNotFoundError:
+            raise BtembedError(f"{text}: no such file or folder") from None
+        except OSError as e:
+            failures.append({"path": text, "error": f"{os_cause(e)} (a folder on its way cannot be entered)"})
+            continue
+        if not is_dir:
             paths.append(p)
-        else:
-            raise BtembedError(f"{text}: no such file or folder")
+            continue
+        scan = scan_folder(p)
+        paths.extend(scan.files)
+        failures += [{"path": str(f), "error": f"cannot list this folder ({why})"} for f, why in scan.failed.items()]
+        failures += [{"path": str(f), "error": why} for f, why in scan.skipped.items()]
     return paths
 
 
 def run(args) -> int:
-    """Embed, write outputs atomically, summarise."""
+    """Embed, write outputs atomically, summarise; exit 1 when not one image could be embedded."""
     import numpy as np
+
+    from ..names import is_text, path_fields, raw, shown
 
     out = Path(args.output)
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")
-    paths = collect_paths(args.paths)
+    failures: list[dict] = []
+    paths = collect_paths(args.paths, failures)
+    for f in failures:
+        say(f"skipped {shown(f['path'])}: {f['error']}")
     if not paths:
-        raise BtembedError("no image files found in " + ", ".join(args.paths))
+        what = "nothing readable" if failures else "no image files found"
+        raise BtembedError(f"{what} in " + ", ".join(map(shown, args.paths)))
     embedder = load_embedder(args)
-    rows, kept, failures = [], [], []
+    rows, kept = [], []
     for path, result in embedder.embed_files(paths, batch_size=args.batch_size, num_workers=args.workers,
                                              normalize=not args.no_normalize):
         if isinstance(result, BtembedError):
             failures.append({"path": str(path), "error": result.cause})
-            say(f"skipped {result}")
+            say(f"skipped {shown(path)}: {result.cause}")
         else:
             rows.append(result)
             kept.append(str(path))
-    vectors = np.stack(rows) if rows else np.zeros((0, embedder.dim), np.float32)
+    if not rows:
+        raise BtembedError(f"none of the {len(paths)} image file(s) could be embedded (causes above)")
+    vectors = np.stack(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
         np.save(f, vectors)
     os.replace(tmp, out)
     sidecar = out.with_suffix(".json")
-    summary = {"output": str(out), "sidecar": str(sidecar), "model": embedder.model_id, "dim": embedder.dim,
-               "embedded": len(kept), "failed": len(failures), "paths": kept, "failures": failures}
+    # Names that are not UTF-8 (btembed.names): text in "paths", the raw bytes by row in "paths_bytes".
+    undecodable = {str(i): path_fields(p)["path_bytes"] for i, p in enumerate(kept) if not is_text(raw(p))}
+    summary = {"output": shown(out), "sidecar": shown(sidecar), "model": embedder.model_id, "dim": embedder.dim,
+               "embedded": len(kept), "failed": len(failures), "paths": [shown(p) for p in kept],
+               **({"paths_bytes": undecodable} if undecodable else {}),
+               "failures": [{**f, **path_fields(f["path"])} for f in failures]}
     sidecar.write_text(json.dumps(summary, indent=2) + "\n")
-    say(f"embedded {len(kept)} images ({embedder.dim}-d, model {embedder.model_id}) → {out}; "
+    say(f"embedded {len(kept)} images ({embedder.dim}-d, model {embedder.model_id}) → {shown(out)}; "
         f"{len(failures)} failed")
     if args.json:
         print_json(summary)

@@ -9,7 +9,9 @@ def register(sub) -> None:
     p = sub.add_parser("index", help="index a folder of images for search and dedup (incremental)",
                        description="Walk DIR recursively, embed new and changed images, reuse vectors of renamed "
                                    "or copied files, forget deleted ones and update the FAISS index. The index "
-                                   "lives in DIR/.btembed/ unless --db says otherwise.")
+                                   "lives in DIR/.btembed/ unless --db says otherwise. Exit status 0 when the run "
+                                   "completed (unreadable files and folders are listed), 1 when nothing could be "
+                                   "done.")
     p.add_argument("folder", metavar="DIR", help="folder of images")
     p.add_argument("--db", default=None, help="index folder (default DIR/.btembed); use for read-only photo folders")
     p.add_argument("--max-memory", default=None,
@@ -17,7 +19,11 @@ def register(sub) -> None:
                         "above it vectors are compressed with IVF-PQ")
     p.add_argument("--retry-errors", action="store_true", help="try again files that failed before, even unchanged")
     p.add_argument("--rebuild", action="store_true",
-                   help="discard the catalog and embed everything again (needed to switch models)")
+                   help="embed everything again into a new catalog, switched to when complete (needed to switch "
+                        "models); searches meanwhile use the old one")
+    p.add_argument("--prune", action="store_true",
+                   help="forget cataloged files even when every one of them is gone (normally kept: an unmounted "
+                        "disk looks like an empty folder)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another running index of the same folder (default: exit at once)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -29,24 +35,30 @@ def run(args) -> int:
     """Index, then summarise on stderr (and as JSON on stdout with --json)."""
     import sys
 
+    from ..names import shown
     from ..search import IndexOptions, index_folder
 
     opts = IndexOptions(model=args.model, revision=args.revision, db=args.db, max_memory=args.max_memory,
-                        retry_errors=args.retry_errors, rebuild=args.rebuild, wait=args.wait,
+                        retry_errors=args.retry_errors, rebuild=args.rebuild, prune=args.prune, wait=args.wait,
                         batch_size=args.batch_size, workers=args.workers, backend=args.backend,
                         device=args.device, precision=args.precision,
                         progress=None if sys.stderr.isatty() else False)
     report = index_folder(args.folder, opts, say=say)
     for f in report.failures:
-        say(f"  could not index {f['path']}: {f['error']}")
+        if "folder" in f:
+            say(f"  could not list folder {shown(f['folder'] or '.')}: {f['error']}; its {f['kept']} indexed files "
+                "are kept")
+        else:
+            say(f"  could not index {shown(f['path'])}: {f['error']}")
     for f in report.skipped:
-        say(f"  skipped {f['path']}: {f['reason']}")
+        say(f"  skipped {shown(f['path'])}: {f['reason']}")
     skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
     skipped += f", {report.retried} retried" if report.retried else ""
+    skipped += f", {report.kept} kept though gone" if report.kept else ""
     say(f"indexed {report.total} images in {report.seconds:.1f} s ({report.new} new, {report.updated} updated, "
         f"{report.deleted} deleted, {report.unchanged} unchanged, {report.reused} reused, "
         f"{report.embedded} embedded, {report.failed} failed{skipped}); index {report.tier or 'empty'} in "
-        f"{report.store}")
+        f"{shown(report.store)}")
     if args.json:
         print_json(report.to_dict())
     return 0

@@ -42,6 +42,7 @@ def feature_source(args, saved):
 
 def run(args) -> int:
     """Load the classifier, check the model matches, embed, print top classes."""
+    from ..names import path_fields, shown
     from ..probe.classifier import SavedClassifier
     from ..probe.data import extract_features, feature_identity
     from .embed import collect_paths
@@ -49,24 +50,25 @@ def run(args) -> int:
     if args.top < 1:
         raise BtembedError("--top must be at least 1")
     saved = SavedClassifier.load(args.classifier)
-    paths = collect_paths(args.images)
-    if not paths:
-        raise BtembedError("no image files found in " + ", ".join(args.images))
+    unreadable: list[dict] = []
+    paths = collect_paths(args.images, unreadable)
+    if not paths and not unreadable:
+        raise BtembedError("no image files found in " + ", ".join(map(shown, args.images)))
     source = feature_source(args, saved)
     saved.check_features(feature_identity(source))
     features, kept, failures = extract_features(source, paths, args.batch_size, args.workers)
     tops = saved.top(features, args.top) if len(kept) else []
-    predictions = [{"path": str(paths[i]), "label": top[0][0], "probability": top[0][1],
+    predictions = [{**path_fields(paths[i]), "label": top[0][0], "probability": top[0][1],
                     "top": [{"label": c, "probability": p} for c, p in top]} for i, top in zip(kept, tops)]
-    failed = [{"path": p, "error": cause} for p, cause in failures]
+    failed = unreadable + [{"path": p, "error": cause} for p, cause in failures]
     for f in failed:
-        say(f"skipped {f['path']}: {f['error']}")
+        say(f"skipped {shown(f['path'])}: {f['error']}")
     if args.json:
-        print_json({"classifier": str(args.classifier), "model": saved.features.get("model"),
-                    "predictions": predictions, "failures": failed})
+        print_json({"classifier": shown(args.classifier), "model": saved.features.get("model"),
+                    "predictions": predictions, "failures": [{**f, **path_fields(f["path"])} for f in failed]})
     else:
-        for p in predictions:
-            print(p["path"] + "\t" + "  ".join(f"{t['label']} {t['probability']:.1%}" for t in p["top"]))
+        for i, p in zip(kept, predictions):
+            print(f"{paths[i]}\t" + "  ".join(f"{t['label']} {t['probability']:.1%}" for t in p["top"]))
     if not predictions:
-        raise BtembedError(f"none of the {len(paths)} image(s) could be read")
+        raise BtembedError(f"none of the {len(paths) + len(unreadable)} image(s) could be read")
     return 0

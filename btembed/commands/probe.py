@@ -57,6 +57,7 @@ def run(args) -> int:
     """Scan, embed (skipping bad files), evaluate, optionally save, report."""
     import numpy as np
 
+    from ..names import path_fields, shown
     from ..probe import ProbeConfig, evaluate, format_confusion
     from ..probe.data import (catalog_vectors, class_check, extract_features, feature_identity,
                               scan_labeled_folder)
@@ -76,7 +77,7 @@ def run(args) -> int:
     features, kept, failures = extract_features(source, data.paths, args.batch_size, args.workers, cached)
     say(f"features: {len(kept)} images → {identity['dim']}-d ({identity['model']}) in "
         f"{time.perf_counter() - t0:.1f} s; {len(failures)} skipped")
-    skipped = [{"path": data.relative(p), "error": cause} for p, cause in failures]
+    skipped = [{**path_fields(data.relative(p)), "error": cause} for p, cause in data.unreadable + failures]
     for s in skipped:
         say(f"skipped {s['path']}: {s['error']}")
     labels = [data.labels[i] for i in kept]
@@ -102,10 +103,10 @@ def run(args) -> int:
     say(f"probe: {result.layout}, {len(classes)} classes, {result.n} scored images in "
         f"{time.perf_counter() - t0:.1f} s")
     counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
-    doc = {"dataset": {"path": str(args.folder), "layout": data.layout, "images": len(data.paths),
+    doc = {"dataset": {"path": shown(args.folder), "layout": data.layout, "images": len(data.paths),
                        "used": int(use.sum()), "from_catalog": len(cached), "per_class": counts, "skipped": skipped,
                        "excluded_classes": [{"class": k, "reason": v} for k, v in excluded.items()],
-                       "ignored_files": [data.relative(p) for p in data.ignored]},
+                       "ignored_files": [shown(data.relative(p)) for p in data.ignored]},
            "features": identity, **result.to_dict(), "saved": None}
     if args.save:
         doc["saved"] = str(save_classifier(args, x, y, train_mask, classes, config, identity, ref, doc))

@@ -13,28 +13,29 @@ def register(sub) -> None:
     p.add_argument("query", metavar="QUERY", help="query image file")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--db", default=None, help="index folder, when DIR was indexed with --db")
-    p.add_argument("--json", action="store_true", help='print {"query", "results": [{"path", "score"}]}')
+    p.add_argument("--json", action="store_true",
+                   help='print {"query", "results": [{"path", "score"}]} (+ "path_bytes" for names that are not '
+                        "UTF-8)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     """Search and print ranked paths with scores."""
-    from pathlib import Path
-
-    from ..errors import BtembedError, ImageError
+    from ..errors import BtembedError
+    from ..images import check_readable
+    from ..names import path_fields
     from ..search import ImageIndex
 
     if args.k < 1:
         raise BtembedError("-k must be at least 1")
-    if not Path(args.query).exists():
-        raise ImageError(args.query, "no such file; give an image file as the query")
+    check_readable(args.query, what="the query")
     index = ImageIndex.open(args.folder, db=args.db)
     try:
         hits = index.search(args.query, k=args.k)
     finally:
         index.close()
     if args.json:
-        print_json({"query": args.query, "results": [h.to_dict() for h in hits]})
+        print_json({**path_fields(args.query, "query"), "results": [h.to_dict() for h in hits]})
     else:
         for h in hits:
             print(f"{h.score:.4f}  {h.path}")

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BtembedError, ImageError
-from ..images import find_images
+from ..images import os_cause, scan_folder
+from ..names import shown
 from ..preprocess import PreprocessConfig, load_pixels
 
 SPLIT_NAMES = ("train", "val")
@@ -26,6 +27,7 @@ class LabeledFolder:
     labels: list  # class name per path
     splits: list | None = None
     ignored: list = field(default_factory=list)  # image files outside any class folder
+    unreadable: list = field(default_factory=list)  # (path, cause): folders not listable, files never opened
 
     def relative(self, path) -> str:
         """A path relative to the dataset root, as shown in reports."""
@@ -37,36 +39,50 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _scan(folder: Path) -> tuple[list, list, list]:
-    """(paths, class names, stray images) of a DIR/<class>/* folder."""
-    paths, labels = [], []
-    for class_dir in _class_folders(folder):
-        for path in find_images(class_dir):
-            paths.append(path)
-            labels.append(class_dir.name)
-    stray = [folder / n for n in sorted(os.listdir(folder)) if (folder / n).is_file() and not n.startswith(".")]
-    return paths, labels, stray
+def _scan(folder: Path) -> tuple[list, list, list, list]:
+    """(paths, class names, stray images, unreadable (path, cause)) of a DIR/<class>/* folder."""
+    paths, labels, unreadable = [], [], []
+    try:
+        class_dirs = _class_folders(folder)
+        names = sorted(os.listdir(folder))
+        st = os.stat(folder)
+    except OSError as e:
+        raise BtembedError(f"{shown(folder)}: cannot list this folder ({os_cause(e)})") from None
+    seen = {(st.st_dev, st.st_ino)}  # a link from a class folder back up to DIR is a loop, cut at once
+    for class_dir in class_dirs:
+        scan = scan_folder(class_dir, seen=seen)
+        paths += scan.files
+        labels += [shown(class_dir.name)] * len(scan.files)  # class names are text (JSON, labels.json)
+        unreadable += [(p, f"cannot list this folder ({why})") for p, why in scan.failed.items()]
+        unreadable += list(scan.skipped.items())
+    stray = [folder / n for n in names if (folder / n).is_file() and not n.startswith(".")]
+    return paths, labels, stray, unreadable
 
 
 def scan_labeled_folder(root: str | os.PathLike) -> LabeledFolder:
     """Read DIR/<class>/* or DIR/train/<class>/* + DIR/val/<class>/*; images may sit in nested subfolders."""
     root = Path(root)
-    if not root.is_dir():
-        raise BtembedError(f"{root}: not a folder; give a folder of class subfolders (DIR/<class>/*)")
+    try:
+        is_dir = root.is_dir()
+    except OSError as e:
+        raise BtembedError(f"{shown(root)}: {os_cause(e)} (a folder on its way cannot be entered)") from None
+    if not is_dir:
+        raise BtembedError(f"{shown(root)}: not a folder; give a folder of class subfolders (DIR/<class>/*)")
     if all((root / s).is_dir() for s in SPLIT_NAMES):
-        paths, labels, splits, ignored = [], [], [], []
+        paths, labels, splits, ignored, unreadable = [], [], [], [], []
         for split in SPLIT_NAMES:
-            p, lab, stray = _scan(root / split)
+            p, lab, stray, bad = _scan(root / split)
             paths += p
             labels += lab
             splits += [split] * len(p)
             ignored += stray
-        data = LabeledFolder(root, "train/val", paths, labels, splits, ignored)
+            unreadable += bad
+        data = LabeledFolder(root, "train/val", paths, labels, splits, ignored, unreadable)
     else:
-        paths, labels, stray = _scan(root)
-        data = LabeledFolder(root, "folds", paths, labels, None, stray)
+        paths, labels, stray, unreadable = _scan(root)
+        data = LabeledFolder(root, "folds", paths, labels, None, stray, unreadable)
     if not data.paths:
-        raise BtembedError(f"{root}: no images in class subfolders; expected DIR/<class>/*.jpg "
+        raise BtembedError(f"{shown(root)}: no images in class subfolders; expected DIR/<class>/*.jpg "
                            "or DIR/train/<class>/* and DIR/val/<class>/*")
     return data
 

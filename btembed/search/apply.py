@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import CatalogError, ModelError
+from ..images import os_cause
+from ..names import path_fields, shown
 from .ann import AnnConfig, parse_size
 from .catalog import CATALOG_FILE, Catalog, DamagedCatalog, set_aside
 from .lock import WriterLock
 from .plan import Plan, hash_file, make_plan
 from .refresh import index_is_current, saved_tier, sync_ann
 from .stamp import ModelStamp
-from .store import open_store
+from .store import collect_old, live_folder, new_generation, open_store, prepare, switch_to
 
 # Rows written per transaction while hashing/reusing (embedding commits once per model batch).
 WRITE_BATCH = 512
@@ -32,6 +34,7 @@ class IndexOptions:
     max_memory: str | int | None = None  # FAISS RAM budget; default half the machine's memory
     retry_errors: bool = False
     rebuild: bool = False
+    prune: bool = False  # forget cataloged files even when all of them look gone (an unmounted disk?)
     wait: float = 0.0  # seconds to wait for another writer
     batch_size: int = 64
     workers: int | None = None
@@ -56,16 +59,25 @@ class IndexReport:
     reused: int = 0
     embedded: int = 0
     failed: int = 0
-    failures: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)  # [{path, reason}] of files the catalog cannot hold
+    failures: list = field(default_factory=list)  # [{path, error}] per file, [{folder, error, kept}] per folder
+    skipped: list = field(default_factory=list)  # [{path, reason}]: not read (special files) or read again later
+    kept: int = 0  # cataloged files that all looked gone and were kept (no --prune)
     store: str = ""
     model: str = ""
     tier: str = ""
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        """JSON-ready mapping."""
-        return asdict(self)
+        """JSON-ready mapping; names that are not UTF-8 follow btembed.names (path + path_bytes)."""
+        d = asdict(self)
+        d["failures"], d["skipped"] = [_named(f) for f in self.failures], [_named(f) for f in self.skipped]
+        return {**d, **path_fields(self.store, "store")}
+
+
+def _named(entry: dict) -> dict:
+    """A {path|folder, ...} entry with its name as text (+ _bytes when it is not UTF-8)."""
+    key = "folder" if "folder" in entry else "path"
+    return {**entry, **path_fields(entry[key], key)}
 
 
 def default_max_memory() -> int:
@@ -76,19 +88,19 @@ def default_max_memory() -> int:
         return 8 << 30
 
 
-def _resolve_model(catalog: Catalog, opts: IndexOptions, say):
+def _resolve_model(catalog: Catalog | None, opts: IndexOptions, say):
     """Resolve the run's model (once: the ModelFolder is passed down) and refuse another one than the catalog's
     unless rebuilding -> (ModelFolder, its stamp)."""
     from ..modelfolder import ModelFolder
 
-    recorded = catalog.model_stamp()
-    meta = catalog.meta()
+    recorded = catalog.model_stamp() if catalog is not None else None
+    meta = catalog.meta() if catalog is not None else {}
     spec = opts.model if opts.model is not None else meta.get("model_source")
     revision = opts.revision if opts.model is not None else (opts.revision or meta.get("model_revision"))
     try:
         model = ModelFolder.resolve(spec, revision=revision)
     except ModelError as e:
-        if opts.model is not None:
+        if opts.model is not None or recorded is None:
             raise
         folder = meta.get("root") or catalog.path.parent
         raise ModelError(f"the model {folder} was indexed with cannot be loaded any more ({e}); pass "
@@ -113,29 +125,43 @@ def index_folder(folder: str | os.PathLike, opts: IndexOptions | None = None,
     opts = opts or IndexOptions()
     say = say or (lambda _m: None)
     folder = Path(folder)
-    if not folder.is_dir():
-        raise CatalogError(f"{folder} is not a folder; give the folder of images to index")
+    try:
+        is_dir = folder.is_dir()
+    except OSError as e:  # e.g. a parent folder that cannot be traversed
+        raise CatalogError(f"cannot reach the folder {shown(folder)} ({os_cause(e)})") from None
+    if not is_dir:
+        why = "does not exist" if not os.path.lexists(folder) else "is not a folder"
+        raise CatalogError(f"{shown(folder)} {why}; give the folder of images to index")
     store = open_store(folder, opts.db)
     with WriterLock(store).acquire(wait=opts.wait):
-        catalog = _open_for_writing(store / CATALOG_FILE, opts, say)
+        collect_old(store)  # generations of earlier rebuilds that no search pins any more, or killed rebuilds
+        live = live_folder(store)
+        catalog = _open_for_writing(live / CATALOG_FILE, opts, say)
         try:
-            report = _run(folder, store, catalog, opts, say)
+            report = _run(folder, store, live, catalog, opts, say)
         finally:
-            catalog.close()
+            if catalog is not None:
+                catalog.close()
+        if opts.rebuild:
+            collect_old(store)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
 
-def _open_for_writing(path: Path, opts: IndexOptions, say) -> Catalog:
-    """Open (or create) the catalog; with --rebuild a damaged one is set aside (kept for inspection) and replaced."""
+def _open_for_writing(path: Path, opts: IndexOptions, say) -> Catalog | None:
+    """Open (or create) the live catalog; with --rebuild a damaged one is set aside (kept for inspection): None."""
+    if opts.rebuild and not path.exists():
+        return None
     try:
-        return Catalog.open(path, create=True)
+        catalog = Catalog.open(path, create=True)
+        prepare(path.parent)
+        return catalog
     except DamagedCatalog:
         if not opts.rebuild:
             raise
     aside = set_aside(path)
     say(f"--rebuild: the damaged catalog was moved to {aside}; indexing the folder from scratch")
-    return Catalog.open(path, create=True)
+    return None
 
 
 def _record_settings(catalog: Catalog, root: str, stamp: ModelStamp, opts: IndexOptions) -> None:
@@ -151,28 +177,47 @@ def _record_settings(catalog: Catalog, root: str, stamp: ModelStamp, opts: Index
         catalog.set_many(meta)
 
 
-def _run(folder: Path, store: Path, catalog: Catalog, opts: IndexOptions, say) -> IndexReport:
+def _run(folder: Path, store: Path, live: Path, old: Catalog | None, opts: IndexOptions, say) -> IndexReport:
     root = str(folder.resolve())
-    recorded_root = catalog.get("root")
+    recorded_root = old.get("root") if old is not None else None
     if opts.db is not None and recorded_root and recorded_root != root and not opts.rebuild:
         raise CatalogError(f"the index {store} belongs to folder {recorded_root}, not {root}; pass --rebuild to "
                            "start it over for this folder, or another --db")
-    model, stamp = _resolve_model(catalog, opts, say)
-    if opts.rebuild:
-        catalog.clear()
-        catalog.bump_generation()
+    model, stamp = _resolve_model(old, opts, say)
+    if not opts.rebuild:
+        return _update(folder, store, live, old, model, stamp, root, opts, say)
+    # Built beside the live catalog and switched to when complete: searches meanwhile use the old one.
+    target = new_generation(store)
+    catalog = Catalog.open(target / CATALOG_FILE, create=True)
+    try:
+        if old is not None and old.get("ann_config"):
+            catalog.set_many({"ann_config": old.get("ann_config")})
+        report = _update(folder, store, target, catalog, model, stamp, root, opts, say)
+    finally:
+        catalog.close()
+    switch_to(store, target)
+    return report
+
+
+def _update(folder: Path, store: Path, live: Path, catalog: Catalog, model, stamp: ModelStamp, root: str,
+            opts: IndexOptions, say) -> IndexReport:
+    """Plan and apply one run into catalog (in folder live), then bring its FAISS file up to date."""
     _record_settings(catalog, root, stamp, opts)
-    plan = make_plan(folder, catalog, opts.retry_errors)
+    plan = make_plan(folder, catalog, opts.retry_errors, opts.prune)
     report = IndexReport(store=str(store), model=stamp.model_id, deleted=len(plan.vanished),
-                         unchanged=plan.unchanged, skipped=list(plan.skipped), **plan.counts())
+                         unchanged=plan.unchanged, skipped=list(plan.skipped), kept=plan.kept_vanished,
+                         **plan.counts())
+    if plan.kept_vanished:
+        say(f"every one of the {plan.kept_vanished} cataloged files is gone from {shown(folder)} (an unmounted "
+            "disk?); none is forgotten — pass --prune to forget them")
     apply_plan(plan, catalog, model, opts, report)
     report.total = catalog.count()
-    report.failures = catalog.failures()
+    report.failures = catalog.failures() + plan.unlisted
     report.failed = len(report.failures)
-    if not index_is_current(catalog, store):
-        report.tier = sync_ann(catalog, store, save=True, say=say).tier
+    if not index_is_current(catalog, live):
+        report.tier = sync_ann(catalog, live, save=True, say=say).tier
     else:
-        report.tier = saved_tier(store)
+        report.tier = saved_tier(live)
     return report
 
 
@@ -195,8 +240,8 @@ def apply_plan(plan: Plan, catalog: Catalog, model, opts: IndexOptions, report: 
         with catalog.transaction():
             for e in batch:
                 blob = None if e.error is not None else catalog.vector_for_hash(e.size, e.phash)
-                if e.error is None and blob is None:  # its source went since planning: the next run embeds it
-                    continue
+                if e.error is None and (blob is None or _changed(e, report)):
+                    continue  # its source went since planning, or it changed since hashed: the next run does it
                 catalog.put(e.rel, e.size, e.mtime_ns, e.phash, gen, vector=blob, error=e.error)
                 report.reused += e.error is None
     if plan.vanished:
@@ -212,6 +257,19 @@ def apply_plan(plan: Plan, catalog: Catalog, model, opts: IndexOptions, report: 
                     continue
                 catalog.put(e.rel, e.size, e.mtime_ns, first.phash, gen, vector=first.vector, error=first.error)
                 report.reused += first.error is None
+
+
+def _changed(entry, report: IndexReport) -> bool:
+    """True (and said in the report) when the file's size or mtime moved since it was planned: it was read while
+    being written."""
+    try:
+        st = os.stat(entry.path)
+        same = (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns)
+    except OSError:
+        same = False
+    if not same:
+        report.skipped.append({"path": entry.rel, "reason": "changed while being read; read again on the next run"})
+    return not same
 
 
 def _embed(catalog: Catalog, entries: list, model, opts: IndexOptions, gen: int, report: IndexReport) -> None:
@@ -230,6 +288,8 @@ def _embed(catalog: Catalog, entries: list, model, opts: IndexOptions, gen: int,
         with catalog.transaction():
             for item, vector, error in zip(batch.items, batch.vectors, batch.errors):
                 e = by_path[str(item)]
+                if _changed(e, report):
+                    continue  # half old, half new bytes perhaps: its row stays as it was, so the next run retries
                 if error is not None:
                     catalog.put(e.rel, e.size, e.mtime_ns, e.phash, gen, error=error.cause)
                 else:

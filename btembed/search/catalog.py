@@ -1,7 +1,6 @@
 """SQLite catalog of one photo folder: a row per file (stat, content hash, vector, status), the source of truth."""
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import time
@@ -27,7 +26,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: FAISS ids are row ids
-    path TEXT NOT NULL UNIQUE,              -- relative to the photo folder, '/' separators
+    path TEXT NOT NULL UNIQUE,              -- relative to the photo folder, '/' separators; a BLOB of the raw
+                                            -- bytes when the name is not UTF-8 (SQLite text must be)
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     phash TEXT,                             -- content hash (HASH_KIND), equal only for identical bytes
@@ -41,15 +41,6 @@ CREATE INDEX IF NOT EXISTS files_by_gen ON files (vec_gen);
 -- Rows removed since the FAISS file was last saved, so an index can be updated instead of rebuilt.
 CREATE TABLE IF NOT EXISTS tombstones (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
 """
-
-
-def content_hash(path: str | os.PathLike) -> str:
-    """blake2b-128 of every byte of the file: a vector is reused only for a byte-identical file."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class DamagedCatalog(CatalogError):
@@ -79,6 +70,24 @@ def set_aside(path: Path) -> Path:
 
 
 _ROW_COLUMNS = "id, path, size, mtime_ns, phash, status, error"
+
+
+def _stored(path: str):
+    """A relative path as the path column holds it: text, or the raw bytes of a name that is not UTF-8."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape")
+
+
+def _read(value) -> str:
+    """A path column value back as Python carries file names (lone surrogates for undecodable bytes)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _row(r) -> "Row":
+    return Row(r[0], _read(r[1]), *r[2:])
 
 
 @dataclass
@@ -248,16 +257,16 @@ class Catalog:
     def rows(self) -> dict[str, Row]:
         """relative path → Row, for every cataloged file."""
         cur = self.conn.execute(f"SELECT {_ROW_COLUMNS} FROM files")
-        return {r[1]: Row(*r) for r in cur}
+        return {row.path: row for row in map(_row, cur)}
 
     def outcome(self, path: str) -> Outcome | None:
         """The stored vector (or error) of one relative path, or None when it has no row."""
-        row = self.conn.execute("SELECT phash, vector, error FROM files WHERE path = ?", (path,)).fetchone()
+        row = self.conn.execute("SELECT phash, vector, error FROM files WHERE path = ?", (_stored(path),)).fetchone()
         return Outcome(*row) if row else None
 
     def set_content_hash(self, path: str, phash: str) -> None:
         """Record a file's content hash, leaving its vector and generation alone; call inside a transaction."""
-        self.conn.execute("UPDATE files SET phash = ? WHERE path = ?", (phash, path))
+        self.conn.execute("UPDATE files SET phash = ? WHERE path = ?", (phash, _stored(path)))
 
     def identical_groups(self) -> list[list[Row]]:
         """Good rows that share size and content hash with another good row, grouped (copies of one file)."""
@@ -266,8 +275,7 @@ class Catalog:
             "(SELECT size, phash FROM files WHERE status = 'ok' GROUP BY size, phash HAVING COUNT(*) > 1) "
             "ORDER BY size, phash, id")
         groups: dict[tuple, list[Row]] = {}
-        for r in cur:
-            row = Row(*r)
+        for row in map(_row, cur):
             groups.setdefault((row.size, row.phash), []).append(row)
         return list(groups.values())
 
@@ -290,7 +298,7 @@ class Catalog:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
             "mtime_ns=excluded.mtime_ns, phash=excluded.phash, status=excluded.status, error=excluded.error, "
             "vector=excluded.vector, vec_gen=excluded.vec_gen",
-            (path, size, mtime_ns, phash, status, error, vector, gen))
+            (_stored(path), size, mtime_ns, phash, status, error, vector, gen))
 
     def delete(self, ids: list[int], gen: int) -> None:
         """Forget rows, leaving tombstones so a saved FAISS index can drop them; call inside a transaction."""
@@ -310,20 +318,20 @@ class Catalog:
     def failures(self) -> list[dict]:
         """[{path, error}] of every file that could not be embedded, by path."""
         cur = self.conn.execute("SELECT path, error FROM files WHERE status = 'error' ORDER BY path")
-        return [{"path": p, "error": e} for p, e in cur]
+        return [{"path": _read(p), "error": e} for p, e in cur]
 
     def paths(self, ids) -> dict[int, str]:
         """id → relative path for the given ids."""
         out = {}
         for chunk in _chunks(list(map(int, ids)), 500):
             q = f"SELECT id, path FROM files WHERE id IN ({','.join('?' * len(chunk))})"
-            out.update(self.conn.execute(q, chunk))
+            out.update((i, _read(p)) for i, p in self.conn.execute(q, chunk))
         return out
 
     def lookup(self, path: str) -> Row | None:
         """The row of one relative path, or None."""
-        r = self.conn.execute(f"SELECT {_ROW_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
-        return Row(*r) if r else None
+        r = self.conn.execute(f"SELECT {_ROW_COLUMNS} FROM files WHERE path = ?", (_stored(path),)).fetchone()
+        return _row(r) if r else None
 
     # --- vectors ----------------------------------------------------------------------------------------------
     def _decode(self, rows) -> tuple[np.ndarray, np.ndarray]:

@@ -6,67 +6,35 @@ can be inspected, tested, and split into shards that separate processes apply.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import posixpath
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..images import is_image_path
-from .catalog import Catalog, content_hash
+from ..errors import CatalogError
+from ..images import not_regular, scan_folder
+from ..names import shown
+from .catalog import Catalog
 
 
-@dataclass
-class Listing:
-    """What one walk saw: image files (relative path -> path), folders listed in full, folders it could not list."""
-
-    files: dict = field(default_factory=dict)
-    listed: set = field(default_factory=set)  # relative folder paths ('' is the root)
-    failed: dict = field(default_factory=dict)  # relative folder path -> cause
+class NotRegular(OSError):
+    """The path is no longer a regular file (swapped for a named pipe or a device since the walk)."""
 
 
-def _cause(error: OSError) -> str:
-    """A short, human cause of an OS error."""
-    if isinstance(error, PermissionError):
-        return "permission denied"
-    if error.errno == errno.ELOOP:
-        return "symbolic link loop"
-    return error.strerror or str(error)
-
-
-def walk(folder: Path, skip_hidden: bool = True) -> Listing:
-    """Image files under folder, depth first in name order; hidden entries (such as .btembed/) skipped,
-    symlinked folders followed once (loops cut by device and inode)."""
-    out = Listing()
-    seen_dirs: set[tuple[int, int]] = set()
-    stack: list[tuple[str, Path]] = [("", folder)]
-    while stack:
-        rel_dir, path = stack.pop()
-        try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            out.failed[rel_dir] = _cause(e)
-            continue
-        out.listed.add(rel_dir)
-        subdirs = []
-        for entry in entries:
-            if skip_hidden and entry.name.startswith("."):
-                continue
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                subdirs.append((rel, Path(entry.path)))
-            elif is_image_path(entry.name):
-                out.files[rel] = Path(entry.path)
-        stack.extend(reversed(subdirs))
-    return out
+def content_hash(path: str | os.PathLike) -> str:
+    """blake2b-128 of every byte of a regular file: a vector is reused only for a byte-identical file."""
+    # O_NONBLOCK: a file swapped for a named pipe since the walk must not hang the run; fstat then refuses it.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        why = not_regular(os.fstat(fd).st_mode)
+        if why:
+            raise NotRegular(errno.EINVAL, why)
+        h = hashlib.blake2b(digest_size=16)
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def stat_file(path: Path) -> tuple[int, int, str | None]:
@@ -99,22 +67,10 @@ def hash_file(path: Path, size: int) -> tuple[str | None, str | None]:
         return None, "permission denied"
     except IsADirectoryError:
         return None, "is a folder, not an image"
+    except NotRegular as e:
+        return None, e.strerror
     except OSError as e:
         return None, f"cannot read ({e.strerror or e})"
-
-
-def _utf8(name: str) -> bool:
-    """Whether SQLite can store the name: bytes that are not UTF-8 come out of the walk as lone surrogates."""
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def printable(name: str) -> str:
-    """The name with its undecodable bytes written as \\xNN escapes (valid text for logs and JSON)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -144,9 +100,11 @@ class Plan:
     reuse: list = field(default_factory=list)  # Entry: identical to a cataloged good file, its vector copied
     copies: list = field(default_factory=list)  # Entry: identical to an `embed` entry (same_as), takes its outcome
     errors: list = field(default_factory=list)  # Entry: cannot be read; recorded with its error
-    vanished: list = field(default_factory=list)  # Row: cataloged files seen to be gone
+    vanished: list = field(default_factory=list)  # Row: cataloged files seen to be gone (folder listed, file absent)
     rehash: list = field(default_factory=list)  # Entry: unchanged good files whose full hash is unknown
-    skipped: list = field(default_factory=list)  # {path, reason}: files the catalog cannot hold
+    skipped: list = field(default_factory=list)  # {path, reason}: image-named entries never opened (pipes, devices)
+    unlisted: list = field(default_factory=list)  # {folder, error, kept}: folders that could not be listed
+    kept_vanished: int = 0  # every cataloged file looked gone (an unmounted disk?): kept, unless pruning
     unchanged: int = 0
 
     def counts(self) -> dict:
@@ -163,38 +121,59 @@ class Plan:
 
     def shard(self, i: int, n: int) -> "Plan":
         """The part of the plan shard i of n applies: files by a stable hash of their path, each copy with the
-        file it copies; summary-only facts (unchanged count, skipped files) go to shard 0."""
+        file it copies; summary-only facts (counts, skipped files, unlisted folders) go to shard 0."""
         if not 0 <= i < n:
             raise ValueError(f"shard {i} of {n} does not exist")
 
         def mine(rel: str) -> bool:
             return shard_of(rel, n) == i
 
+        first = i == 0
         return replace(self, embed=[e for e in self.embed if mine(e.rel)],
                        reuse=[e for e in self.reuse if mine(e.rel)],
                        copies=[e for e in self.copies if mine(e.same_as)],
                        errors=[e for e in self.errors if mine(e.rel)],
                        vanished=[r for r in self.vanished if mine(r.path)],
                        rehash=[e for e in self.rehash if mine(e.rel)],
-                       skipped=list(self.skipped) if i == 0 else [], unchanged=self.unchanged if i == 0 else 0)
+                       skipped=list(self.skipped) if first else [], unlisted=list(self.unlisted) if first else [],
+                       kept_vanished=self.kept_vanished if first else 0, unchanged=self.unchanged if first else 0)
 
 
-def make_plan(folder: Path, catalog: Catalog, retry_errors: bool = False) -> Plan:
-    """Walk folder, stat each image file (an unchanged one is not opened), hash the new and changed ones."""
+def _seen_gone(rel: str, listed: set, unlisted: dict) -> bool:
+    """True when the nearest ancestor folder the walk reached was listed (so the file is absent from it),
+    False when that ancestor could not be listed (the file may well be there)."""
+    parent = posixpath.dirname(rel)
+    while parent not in listed and parent not in unlisted and parent:
+        parent = posixpath.dirname(parent)
+    return parent not in unlisted
+
+
+def make_plan(folder: Path, catalog: Catalog, retry_errors: bool = False, prune: bool = False) -> Plan:
+    """Walk folder, stat each image file (an unchanged one is not opened), hash the new and changed ones.
+
+    A cataloged file is forgotten only when its folder was listed in this walk and it is not there; when every
+    cataloged file looks gone (an unmounted disk leaves an empty mount point), none is, unless prune.
+    """
     plan = Plan()
-    listing = walk(folder)
+    scan = scan_folder(folder)
+    if folder in scan.failed:
+        raise CatalogError(f"cannot list the folder {shown(folder)} ({scan.failed[folder]}); nothing was indexed "
+                           "or forgotten")
+
+    def rel(path: Path) -> str:
+        return "" if path == folder else path.relative_to(folder).as_posix()
+
+    listed = {rel(p) for p in scan.listed}
+    unlisted = {rel(p): cause for p, cause in scan.failed.items()}
+    plan.skipped = [{"path": rel(p), "reason": why} for p, why in scan.skipped.items()]
     rows = catalog.rows()
     seen: dict[str, Entry] = {}
-    for rel, path in listing.files.items():
-        if not _utf8(rel):
-            plan.skipped.append({"path": printable(rel), "reason": "file name is not valid UTF-8; rename the "
-                                 "file to index it"})
-            continue
+    for path in scan.files:
         size, mtime_ns, error = stat_file(path)
-        seen[rel] = Entry(rel, path, size, mtime_ns, error=error)
+        seen[rel(path)] = Entry(rel(path), path, size, mtime_ns, error=error)
     todo: list[Entry] = []
-    for rel, entry in seen.items():
-        row = rows.get(rel)
+    for name, entry in seen.items():
+        row = rows.get(name)
         if row is not None and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns) and (
                 row.ok or not retry_errors):
             plan.unchanged += row.ok
@@ -209,7 +188,13 @@ def make_plan(folder: Path, catalog: Catalog, retry_errors: bool = False) -> Pla
         else:
             entry.change = "updated"
         todo.append(entry)
-    plan.vanished = [row for rel, row in rows.items() if rel not in seen]
+    absent = [row for name, row in rows.items() if name not in seen]
+    plan.vanished = [row for row in absent if _seen_gone(row.path, listed, unlisted)]
+    for folder_rel, cause in sorted(unlisted.items()):
+        inside = sum(1 for row in absent if row.path.startswith(folder_rel + "/"))
+        plan.unlisted.append({"folder": folder_rel, "error": cause, "kept": inside})
+    if rows and len(plan.vanished) == len(rows) and not prune:
+        plan.kept_vanished, plan.vanished = len(rows), []
     _sort_by_content(plan, todo, catalog)
     return plan
 

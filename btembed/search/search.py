@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CatalogError, ModelError
+from ..names import path_fields, shown
 from .ann import AnnIndex
 from .catalog import CATALOG_FILE, Catalog
 from .lock import WriterLock
 from .refresh import index_is_current, sync_ann
 from .stamp import ModelStamp
-from .store import INDEX_FILE, STORE_DIR, locate_store
+from .store import INDEX_FILE, STORE_DIR, ReaderPin, locate_store
 
 
 @dataclass
@@ -29,53 +30,79 @@ class Hit:
         self.score = min(1.0, max(-1.0, float(self.score)))
 
     def to_dict(self) -> dict:
-        """JSON-ready {path, score}."""
-        return {"path": self.path, "score": round(self.score, 6)}
+        """JSON-ready {path, score} (+ path_bytes for a name that is not UTF-8, see btembed.names)."""
+        return {**path_fields(self.path), "score": round(self.score, 6)}
 
 
 class ImageIndex:
     """An indexed folder opened for search: `ImageIndex.open(DIR).search("query.jpg", k=10)`."""
 
-    def __init__(self, store: Path, catalog: Catalog, ann: AnnIndex, embedder=None, root: Path | None = None):
+    def __init__(self, store: Path, catalog: Catalog, ann: AnnIndex, embedder=None, root: Path | None = None,
+                 pin: ReaderPin | None = None):
         self.store, self.catalog, self.ann = store, catalog, ann
         self.root = Path(root or catalog.get("root", store.parent))
         self._embedder = embedder
+        self._pin = pin
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, db: str | os.PathLike | None = None, embedder=None) -> "ImageIndex":
-        """Open the index of a photo folder (or an index folder / --db); a stale FAISS file is brought up to date."""
+        """Open the index of a photo folder (or an index folder / --db); a stale FAISS file is brought up to date.
+
+        The live generation is pinned while open: a `--rebuild` that finishes meanwhile switches later readers to
+        its new catalog but deletes this one only after close().
+        """
         store = locate_store(path, db)
-        if not (store / CATALOG_FILE).is_file():
-            raise CatalogError(f"{path} has no btembed index (no {store / CATALOG_FILE}); run `btembed index "
-                               f"{path}` first" + (" with the same --db" if db is not None else ""))
-        catalog = Catalog.open(store / CATALOG_FILE, read_only=True)
+        pin = ReaderPin(store)
+        try:
+            return cls._open(path, db, store, pin, embedder)
+        except BaseException:
+            pin.release()
+            raise
+
+    @classmethod
+    def _open(cls, path, db, store: Path, pin: ReaderPin, embedder) -> "ImageIndex":
+        live = pin.folder
+        if not (live / CATALOG_FILE).is_file():
+            if db is None and not _is_dir(path):
+                raise CatalogError(f"the folder {shown(path)} does not exist; give an indexed folder")
+            raise CatalogError(f"{shown(path)} has no btembed index (no {shown(store / CATALOG_FILE)}); run "
+                               f"`btembed index {shown(path)}` first" + (" with the same --db" if db is not None
+                                                                          else ""))
+        catalog = Catalog.open(live / CATALOG_FILE, read_only=True)
+        try:
+            ann = cls._load_ann(path, db, store, live, catalog)
+        except BaseException:
+            catalog.close()
+            raise
+        # PHOTOS/.btembed travels with its folder: paths are relative to where it is now, not where it was indexed.
+        root = Path(path) if db is None and store == Path(path) / STORE_DIR else None
+        return cls(store, catalog, ann, embedder, root, pin)
+
+    @staticmethod
+    def _load_ann(path, db, store: Path, live: Path, catalog: Catalog) -> AnnIndex:
+        """Check the catalog suits the request and return its FAISS index, brought up to the catalog's rows."""
         if catalog.dim is None:
             raise CatalogError(f"{store} holds no indexed images yet; run `btembed index` on the folder first")
         recorded = catalog.get("root")
         if db is not None and recorded and Path(recorded) != Path(path).resolve():
-            catalog.close()
             raise CatalogError(f"the index {store} belongs to folder {recorded}, not {path}; give that folder, or "
                                "the --db this folder was indexed with")
-        ann = None
-        if index_is_current(catalog, store):
+        if index_is_current(catalog, live):
             try:
-                ann, _ = AnnIndex.load(store / INDEX_FILE)
+                return AnnIndex.load(live / INDEX_FILE)[0]
             except (OSError, ValueError):
-                ann = None  # damaged after its header: rebuilt below
-        if ann is None:
-            # Save the refreshed index only when no writer is busy; otherwise just use it in memory.
-            lock = WriterLock(store)
-            try:
-                owned = lock.try_acquire()
-            except OSError:
-                owned = False  # a read-only index folder
-            try:
-                ann = sync_ann(catalog, store, save=owned)
-            finally:
-                lock.release()
-        # PHOTOS/.btembed travels with its folder: paths are relative to where it is now, not where it was indexed.
-        root = Path(path) if db is None and store == Path(path) / STORE_DIR else None
-        return cls(store, catalog, ann, embedder, root)
+                pass  # damaged after its header: rebuilt below
+        # Rows committed after the FAISS file was written (a run in progress, or killed) are applied in memory;
+        # the file is saved again only when no writer is busy.
+        lock = WriterLock(store)
+        try:
+            owned = lock.try_acquire()
+        except OSError:
+            owned = False  # a read-only index folder
+        try:
+            return sync_ann(catalog, live, save=owned)
+        finally:
+            lock.release()
 
     def __len__(self) -> int:
         return self.ann.ntotal
@@ -141,8 +168,17 @@ class ImageIndex:
         return self.search_batch([query], k)[0]
 
     def close(self) -> None:
-        """Close the catalog connection."""
+        """Close the catalog connection and unpin its generation."""
         self.catalog.close()
+        if self._pin is not None:
+            self._pin.release()
+
+
+def _is_dir(path) -> bool:
+    try:
+        return Path(path).is_dir()
+    except OSError:
+        return True  # there, but not reachable: the catalog message names it
 
 
 def _unchanged_vectors(catalog: Catalog, items: list) -> dict[int, np.ndarray]:
@@ -170,12 +206,15 @@ def stored_vectors(folder: str | os.PathLike, paths: list, *, weights_sha256: st
     A file counts as unchanged when its size and mtime match its catalog row. Returns ({}, why) when the folder
     has no usable catalog (why is '' when it has none at all).
     """
-    path = Path(folder) / STORE_DIR / CATALOG_FILE
-    if not path.is_file():
-        return {}, ""
+    store = Path(folder) / STORE_DIR
+    pin = ReaderPin(store)
+    path = pin.folder / CATALOG_FILE
     try:
+        if not path.is_file():
+            return {}, ""
         catalog = Catalog.open(path, read_only=True)
-    except CatalogError as e:
+    except (CatalogError, OSError) as e:
+        pin.release()
         return {}, f"index catalog not used ({e})"
     model = ModelStamp(model_id, None, None, weights_sha256, dim)
     try:
@@ -187,3 +226,4 @@ def stored_vectors(folder: str | os.PathLike, paths: list, *, weights_sha256: st
         return found, f"reused {len(found)} vectors from the index catalog {path}"
     finally:
         catalog.close()
+        pin.release()
