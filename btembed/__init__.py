@@ -10,6 +10,7 @@ _LAZY = {
     "ModelConfig": ("config", "ModelConfig"),
     "ModelFolder": ("modelfolder", "ModelFolder"),
     "PreprocessConfig": ("preprocess", "PreprocessConfig"),
+    "ImageIndex": ("search", "ImageIndex"), "find_duplicates": ("search.dedup", "find_duplicates"),
 }
 
 __all__ = ["BtembedError", "CatalogError", "ImageError", "ModelError", "__version__", *_LAZY]
