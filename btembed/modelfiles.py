@@ -20,6 +20,7 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 CARD_FILE = "README.md"
+CURVES_FILE = "curves.png"  # a trained model's training curves, shown in its card
 # What a model repo holds; a Hub download fetches only these.
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
 
@@ -101,10 +102,11 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def write_folder(state: dict, config: ModelConfig, folder: str | Path, card: str | None = None,
-                 dtype=None) -> Path:
+                 dtype=None, extra_files: tuple[str, ...] = ()) -> Path:
     """Write a model folder: model.safetensors, config.json with hashes and version, README.md card.
 
     config is updated in place (files, btembed_version, and name when empty), as the caller's copy of the truth.
+    extra_files names files the caller already put into the folder (e.g. CURVES_FILE); their sha256 is recorded too.
     """
     from safetensors.torch import save_file
 
@@ -125,6 +127,7 @@ def write_folder(state: dict, config: ModelConfig, folder: str | Path, card: str
     config.btembed_version = __version__
     config.files = {WEIGHTS_FILE: sha256_file(weights)}
     config.files.update(_onnx_matching(folder, {config.files[WEIGHTS_FILE], unchanged} - {None}))
+    config.files.update({name: sha256_file(folder / name) for name in extra_files})
     if not config.name:
         config.name = folder.name
     config.save(folder)

@@ -1,4 +1,4 @@
-"""python -m training fit | export | linear-eval  (multi-GPU: torchrun --nproc_per_node=8 -m training fit ...)."""
+"""python -m training fit | export | linear-eval | plot  (multi-GPU: torchrun --nproc_per_node=8 -m training fit)."""
 from __future__ import annotations
 
 import argparse
@@ -41,8 +41,16 @@ def _export(args) -> int:
     from .export import describe, export_run
 
     folder = export_run(args.run, args.out, name=args.name, license=args.license, input_size=args.input_size,
-                        resize_size=args.resize_size, interpolation=args.interpolation)
+                        resize_size=args.resize_size, interpolation=args.interpolation,
+                        say=lambda message: print(message, file=sys.stderr))
     print(f"exported {describe(folder)}", file=sys.stderr)
+    return 0
+
+
+def _plot(args) -> int:
+    from .plot import plot_run
+
+    print(f"wrote {plot_run(args.run, args.out)}", file=sys.stderr)
     return 0
 
 
@@ -126,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     le.add_argument("--record", action="store_true", help="store the result in the model folder's config.json")
     le.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     le.set_defaults(func=_linear_eval)
+
+    pl = sub.add_parser("plot", help="draw a run's health log as one PNG: loss and its parts, lr, RankMe, feature "
+                                     "std, online kNN (needs pip install 'btembed[plot]')")
+    pl.add_argument("run", help="run folder (the --out of fit; may still be training)")
+    pl.add_argument("-o", "--out", default=None, help="PNG to write (default: RUN/curves.png)")
+    pl.set_defaults(func=_plot)
     return p
 
 

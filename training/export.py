@@ -6,6 +6,8 @@ from pathlib import Path
 
 from btembed import Encoder
 from btembed.config import ModelConfig
+from btembed.modelfiles import CURVES_FILE, write_folder
+from btembed.plotting import INSTALL_HINT, PlotError, plotting_available
 from btembed.preprocess import PreprocessConfig
 
 from .checkpoint import CHECKPOINT, describe_init, load_checkpoint
@@ -87,12 +89,30 @@ def describe_training(record: dict) -> str:
             + ("" if record["finished"] else " The schedule was NOT completed: this is an intermediate model."))
 
 
+def export_curves(run_dir: str | Path, folder: Path, say) -> tuple[str, ...]:
+    """Draw the run's curves into the model folder for its card: (CURVES_FILE,), or () when skipped (said why)."""
+    target = folder / CURVES_FILE
+    target.unlink(missing_ok=True)  # one left by an earlier export may show another run
+    if not plotting_available():
+        say(f"training curves skipped: matplotlib is not installed ({INSTALL_HINT})")
+        return ()
+    from .plot import plot_run
+
+    try:
+        plot_run(run_dir, target)
+    except (ConfigError, PlotError) as e:
+        say(f"training curves skipped: {e}")
+        return ()
+    return (CURVES_FILE,)
+
+
 def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: str = "", input_size: int = 0,
-               resize_size: int = 0, interpolation: str = "") -> Path:
-    """Write the run's trunk as a model folder that btembed.Embedder.from_pretrained loads.
+               resize_size: int = 0, interpolation: str = "", say=lambda message: None) -> Path:
+    """Write the run's trunk as a model folder that btembed.Embedder.from_pretrained loads, with its curves.
 
     input_size/resize_size/interpolation override the recipe's export_* preprocessing (a CNN trained on
     random-resized crops often embeds best somewhat above its training resolution; measure it on a dev set).
+    say(message) hears what was left out (the curves, when matplotlib is missing).
     """
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the model (config.json, model.safetensors)")
@@ -121,7 +141,9 @@ def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: st
     )
     encoder = Encoder(model_config)
     encoder.trunk.load_state_dict(trunk_state(ck["model"]))
-    return encoder.save_pretrained(out)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    curves = export_curves(run_dir, Path(out), say)
+    return write_folder(encoder.state_dict_for_save(), encoder.config, out, extra_files=curves)
 
 
 def describe(folder: str | Path) -> str:

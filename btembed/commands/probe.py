@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--no-catalog", action="store_true",
                    help="embed every image even when DIR/.btembed (from btembed index) holds its vectors")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="also draw the linear probe's confusion matrix into this PNG "
+                        "(needs matplotlib: pip install 'btembed[plot]')")
     add_model_args(p)
     p.set_defaults(run=run)
 
@@ -64,6 +67,10 @@ def run(args) -> int:
 
     if args.folds < 2:
         raise BtembedError("--folds must be at least 2")
+    if args.plot:
+        from ..plotting import check_plot_target
+
+        check_plot_target(args.plot)  # before the embedding, not after it
     if args.save and args.features == "random-init":
         raise BtembedError("--save with --features random-init is not supported: a random-init classifier is a "
                            "baseline number, not something to predict with")
@@ -112,6 +119,11 @@ def run(args) -> int:
         doc["saved"] = str(save_classifier(args, x, y, train_mask, classes, config, identity, ref, doc))
         left_out = f"; not in it, as not scored: {', '.join(map(repr, excluded))}" if excluded else ""
         say(f"classifier saved to {doc['saved']} ({len(classes)} classes{left_out})")
+    if args.plot:
+        from ..probe.plot import plot_confusion
+
+        title = f"{doc['dataset']['path']}: linear probe, {doc['n']} images, top-1 {doc['linear']['top1']:.1%}"
+        say(f"confusion matrix drawn to {plot_confusion(classes, doc['linear']['confusion'], args.plot, title)}")
     if args.json:
         print_json(doc)
     else:
