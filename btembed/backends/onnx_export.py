@@ -1,4 +1,4 @@
-"""ONNX export: uint8 NHWC → normalize → trunk → pool → L2 inside one graph; its metadata; int8 (QDQ).
+"""ONNX export: uint8 NHWC → normalize → trunk → pool → L2 inside one graph, and its metadata (int8: int8.py).
 
 This module defines the graph contract (input/output names, opset, export format) the onnx backend runs.
 """
@@ -11,14 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ..config import ModelConfig
 from ..errors import BtembedError
-from ..images import find_images
 from ..modelfiles import WEIGHTS_FILE, read_onnx_metadata
 from ..modelfolder import ModelFolder
-from ..preprocess import load_pixels
 from ..version import __version__
 
 INPUT_NAME = "pixels"
@@ -75,7 +71,7 @@ def _graph_module(encoder):
     return ExportGraph().eval()
 
 
-def _save_atomic(model_proto, out: Path) -> Path:
+def save_atomic(model_proto, out: Path) -> Path:
     """Write an ONNX model to a temp file in out's folder, check it, then rename it into place."""
     import onnx
 
@@ -111,7 +107,8 @@ def load_encoder(model, config: ModelConfig | None = None, revision: str | None 
 
     if isinstance(model, Encoder):
         return model.eval(), model.config
-    folder = ModelFolder.resolve(model, revision=revision)
+    # A ModelFolder is used as it is: the name was resolved once, upstream.
+    folder = model if isinstance(model, ModelFolder) else ModelFolder.resolve(model, revision=revision)
     config = config or folder.config
     if not config.name:
         config.name = folder.path.name
@@ -139,70 +136,4 @@ def export_onnx(model, out: str | Path, *, config: ModelConfig | None = None, re
     proto.producer_name, proto.producer_version = "btembed", __version__
     proto.doc_string = f"btembed image embeddings ({config.name}): {PIXEL_CONTRACT}"
     onnx.helper.set_model_props(proto, onnx_metadata(config, opset=opset))
-    return _save_atomic(proto, Path(out))
-
-
-def calibration_pixels(folder: str | Path, config: ModelConfig, max_images: int = 128) -> np.ndarray:
-    """Up to max_images real images of a folder through btembed's preprocessing → uint8 [N, H, W, 3]."""
-    from ..errors import ImageError
-
-    try:
-        paths = list(find_images(folder))
-    except ImageError as e:
-        raise ExportError(f"calibration folder {folder} cannot be used ({e.cause}); pass a folder of images") from None
-    if len(paths) > max_images:
-        # Spread the picks over the whole folder, not just its first subfolder.
-        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, max_images).round().astype(int)]
-    rows = []
-    for path in paths:
-        with contextlib.suppress(ImageError):
-            rows.append(load_pixels(path, config.preprocess))
-    if not rows:
-        raise ExportError(f"calibration folder {folder} has no readable images; int8 needs real images "
-                          "(a few dozen to a few hundred) like those you will embed")
-    return np.stack(rows)
-
-
-def _reader(pixels: np.ndarray, batch_size: int):
-    """An onnxruntime CalibrationDataReader that feeds pixels batch by batch."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class PixelReader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)])
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {INPUT_NAME: batch}
-
-    return PixelReader()
-
-
-def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: str | Path | np.ndarray,
-                  config: ModelConfig, *, max_images: int = 128, batch_size: int = 16) -> Path:
-    """Static int8 quantization (QDQ, per-channel weights) calibrated on real images; metadata is carried over."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    pixels = calibration if isinstance(calibration, np.ndarray) else calibration_pixels(
-        calibration, config, max_images)
-    out = Path(out)
-    with tempfile.TemporaryDirectory(prefix="btembed-int8-") as tmp:
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        # Folds and infers shapes first, as onnxruntime recommends, so more nodes get quantized cleanly.
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        with contextlib.redirect_stdout(sys.stderr):
-            quantize_static(
-                str(prepared), str(quantized), _reader(pixels, batch_size), quant_format=QuantFormat.QDQ,
-                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                # Only the trunk: input normalization and the final L2 norm stay exact in fp32.
-                op_types_to_quantize=["Conv", "Add", "MaxPool", "Relu", "Gemm", "MatMul"],
-                calibrate_method=CalibrationMethod.MinMax)
-        model = onnx.load(str(quantized))
-        meta = read_metadata(fp32_path)
-        meta.update({"quantization": "int8 static QDQ, uint8 activations, per-channel int8 weights",
-                     "calibration_images": str(len(pixels))})
-        onnx.helper.set_model_props(model, meta)
-        model.producer_name = "btembed"
-        return _save_atomic(model, out)
+    return save_atomic(proto, Path(out))
