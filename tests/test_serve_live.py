@@ -59,5 +59,19 @@ def test_parallel_searches_during_an_index_run(tmp_path, photo_paths, tiny_model
             time.sleep(0.2)
         assert get(server.url + "/api/info")["images"] == before + 12  # the new generation, no restart
         assert get(server.url + "/api/images?limit=1000")["total"] == before + 12
+
+        # a --rebuild builds a new generation beside the live one: answers go on, then come from the new one
+        options = IndexOptions(model=str(tiny_model_dir), workers=0, backend="torch", rebuild=True)
+        run = threading.Thread(target=index_folder, args=(root, options))
+        run.start()
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(search, range(20)))
+        run.join(300)
+        deadline = time.monotonic() + 10
+        while not server.server.config.app.state.live.current.version[0].startswith("gen-"):
+            assert time.monotonic() < deadline, "the server did not move to the rebuilt generation"
+            get(server.url + "/api/info")
+            time.sleep(0.2)
+        assert get(server.url + "/api/info")["images"] == before + 12
     finally:
         server.stop()

@@ -14,18 +14,20 @@ from typing import Callable
 
 from ..errors import BtembedError
 from ..search.search import ImageIndex
-from ..search.store import INDEX_FILE, locate_store
+from ..search.store import INDEX_FILE, live_folder, locate_store
 
 CHECK_EVERY = 0.5  # seconds between two looks at the index file; a look is one stat()
 
 
 def index_version(store: Path) -> tuple:
-    """What changes when an index run finishes: the FAISS file is replaced (new inode, mtime) at its end."""
+    """What changes when an index run finishes: an incremental run replaces the live FAISS file (new inode and
+    mtime) at its end; a --rebuild switches the pointer to a new generation folder."""
+    folder = live_folder(store)
     try:
-        st = os.stat(store / INDEX_FILE)
+        st = os.stat(folder / INDEX_FILE)
     except OSError:
-        return ()
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return (folder.name,)
+    return (folder.name, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @dataclass
