@@ -161,6 +161,8 @@ def inspect_file(path: str | os.PathLike) -> FileFacts:
 
     from ..images import open_image
 
+    if not os.path.isfile(path):
+        return FileFacts()  # gone, or replaced by something that is no file (a pipe would block the read)
     try:
         with Image.open(path) as im:
             width, height = im.size
