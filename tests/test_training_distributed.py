@@ -1,4 +1,5 @@
-"""Two gloo processes under torchrun compute the same loss and gradients as one process on the whole batch."""
+"""Two gloo processes under torchrun compute the same losses and gradients as one process on the whole batch, for
+every objective (and its state after a step: EMA target, correlation estimate, predictor)."""
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,9 @@ import torch
 from training.objectives import Views, get
 
 sys.path.insert(0, str(Path(__file__).parent))
-from training_dist_worker import fixed_batch, images, small_view, tiny_net  # noqa: E402
+from training_dist_worker import (PROJECTION_LOSSES, fixed_batch, images, objective_step, small_view,  # noqa: E402
+                                  tiny_net, tiny_twin)
+from training.objectives import MEMBERS  # noqa: E402
 from conftest import run_torchrun  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,3 +77,43 @@ def test_ddp_parameter_grads_are_the_true_gradient(two_ranks):
         state = net.state_dict()
         for name, value in r["running"].items():
             assert rel_err(value.float(), state[name].float()) <= 1e-5, name
+
+
+@pytest.mark.parametrize("name", list(PROJECTION_LOSSES))
+def test_projection_losses_match_single_process_on_an_uneven_split(two_ranks, name):
+    """5 rows on one rank, 11 on the other: global statistics, gathered negatives and means see 16 rows."""
+    z1, z2 = fixed_batch()
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    loss = PROJECTION_LOSSES[name](a, b)
+    loss.backward()
+    for r in two_ranks:
+        got, s = r["projection_losses"][name], slice(*r["uneven"])
+        assert rel_err(got["loss"], loss.detach()) <= 1e-5
+        assert rel_err(got["grads"][0], a.grad[s]) <= 1e-5
+        if b.grad is None:  # BYOL's and SimSiam's target side is detached
+            assert got["grads"][1] is None
+        else:
+            assert rel_err(got["grads"][1], b.grad[s]) <= 1e-5
+
+
+@pytest.mark.parametrize("name", MEMBERS)
+def test_each_objectives_ddp_step_equals_the_single_process_step(two_ranks, name):
+    """Loss, parts, every parameter gradient (trunk, projector, head) and the objective's state after the step."""
+    network, objective = tiny_twin(name)
+    objective.attach(network)
+    want = objective_step(network, objective, *images())
+    for r in two_ranks:
+        got = r["steps"][name]
+        assert rel_err(got["loss"], want["loss"]) <= 1e-5
+        assert got["parts"].keys() == want["parts"].keys()
+        for k, v in want["parts"].items():
+            assert rel_err(got["parts"][k].double(), v.double()) <= 1e-5, k
+        assert got["grads"].keys() == want["grads"].keys()
+        # A gradient that is zero in exact arithmetic (e.g. a bias before a BatchNorm) is float32 noise on both
+        # sides: those are compared to the network's largest gradient instead of their own.
+        largest = max(float(v.abs().max()) for v in want["grads"].values())
+        for k, v in want["grads"].items():
+            assert float((got["grads"][k] - v).abs().max()) <= max(1e-5 * float(v.abs().max()), 1e-6 * largest), k
+        assert got["state"].keys() == want["state"].keys()
+        for k, v in want["state"].items():
+            assert rel_err(got["state"][k].double(), v.double()) <= 1e-5, k

@@ -303,7 +303,7 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
     # so are weights that fail their sha256.
     from training.checkpoint import init_weights
     from training.config import ConfigError, apply_overrides, load_recipe
-    from training.model import TwinNetwork
+    from training.model import build_network
 
     other = tmp_path / "other"
     shutil.copytree(model, other)
@@ -311,18 +311,18 @@ def test_init_from_a_model_folder_loads_its_trunk(reference_run, tiny_data, tmp_
     (other / "config.json").write_text(json.dumps({**config, "architecture": "resnet34"}))
     recipe = apply_overrides(load_recipe("cpu-tiny"), [f"init_from={other}"])
     with pytest.raises(ConfigError, match=r"^init_from=\S+ is a resnet34, this run has architecture='resnet18'"):
-        init_weights(TwinNetwork(recipe), recipe)
+        init_weights(build_network(recipe), recipe)
     (other / "config.json").write_text(json.dumps(config))
     with open(other / "model.safetensors", "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\0\0\0\1")
     with pytest.raises(ConfigError, match="sha256"):
-        init_weights(TwinNetwork(recipe), recipe)
+        init_weights(build_network(recipe), recipe)
     # A registry name works too: the embedded default, offline.
     from btembed import Encoder
 
     recipe = apply_overrides(load_recipe("cpu-tiny"), ["init_from=btembed/default-r18"])
-    net = TwinNetwork(recipe)
+    net = build_network(recipe)
     assert init_weights(net, recipe)["name"] == "btembed/default-r18"
     assert torch.equal(net.trunk.trunk.conv1.weight, Encoder.from_pretrained("btembed/default-r18").trunk.conv1.weight)
 
@@ -430,3 +430,39 @@ def test_a_batch_left_with_one_readable_image_stops_with_one_line(tmp_path):
                 "max_steps=1", "num_workers=0"])
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "had a single readable image" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["barlow_twins", "vicreg", "simclr", "byol", "simsiam", "directpred"])
+def test_every_objective_fits_exports_and_loads(name, tiny_data, tmp_path):
+    """`fit --recipe cpu-tiny objective=NAME` logs the objective's parts with the health metrics and kNN, exports a
+    model that Embedder loads and linear-eval scores, and whose card names the objective and its settings."""
+    from btembed import Embedder
+    from training.linear_eval import LinearEvalConfig, linear_eval
+    from training.objectives import get
+
+    photos, labeled = tiny_data
+    out = tmp_path / "run"
+    proc = run(["fit", "--recipe", "cpu-tiny", f"objective={name}", "max_steps=3", f"monitor_data={labeled}",
+                "--data", str(photos), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    objective = get(name)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if "loss" in r]
+    assert [r["step"] for r in trained] == [1, 2, 3] and "knn_top1" in records[0] and "knn_top1" in trained[-1]
+    for r in trained:
+        assert r["parts"] and all(np.isfinite(r[k]) for k in ("loss", *r["parts"]))
+        assert 0 < r["rankme"] <= r["rankme_max"] and isinstance(r["alarm"], list)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["objective"] == {"name": name, **objective.settings_dict()}
+    model = tmp_path / "model"
+    export(out, model)
+    config = json.loads((model / "config.json").read_text())
+    assert config["training"]["method"] == objective.title
+    assert config["training"]["objective"]["settings"] == objective.settings_dict()
+    card = (model / "README.md").read_text()
+    assert objective.describe() in card
+    vectors = Embedder.from_pretrained(model, device="cpu").embed(sorted(labeled.rglob("*.png"))[:3])
+    assert vectors.shape == (3, 512) and np.isfinite(vectors).all()
+    result = linear_eval(model, labeled, config=LinearEvalConfig(epochs=1, batch_size=8, num_workers=0,
+                                                                 augment=False), device="cpu")
+    assert 0.0 <= result["top1"] <= 1.0

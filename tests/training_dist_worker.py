@@ -1,7 +1,8 @@
-"""Run under `torchrun --nproc_per_node=2`: the loss and a DDP model step on each rank's half of a fixed batch.
+"""Run under `torchrun --nproc_per_node=2`: the losses and a DDP model step on each rank's part of a fixed batch.
 
-Each rank saves what it computed to OUT/rank{r}.pt; tests/test_training_distributed.py compares with one process
-on the whole batch.
+Barlow Twins' loss and a DDP model step, then every objective's loss on projections split unevenly (5 + 11 rows)
+and a DDP step of a tiny network with the objective's head and state. Each rank saves what it computed to
+OUT/rank{r}.pt; tests/test_training_distributed.py compares with one process on the whole batch.
 """
 import os
 import sys
@@ -14,7 +15,25 @@ import torch.distributed as dist
 from torch import nn
 
 from training.distributed import convert_sync_batchnorm, setup, teardown
-from training.objectives import Views, get
+from training.model import TwinNetwork
+from training.objectives import MEMBERS, Views, get
+from training.objectives.barlow_twins import barlow_twins_loss
+from training.objectives.byol import regression_loss
+from training.objectives.simclr import nt_xent
+from training.objectives.simsiam import negative_cosine
+from training.objectives.vicreg import vicreg_loss
+
+# Smaller predictors than the authors' 4096 keep the test fast; the code path is the same.
+SMALL = {"byol": {"predictor_hidden": 16}}
+UNEVEN = 5  # rank 0's rows of the 16 in the uneven split (as when one rank's batch lost unreadable files)
+# The public loss functions on two [n, D] projections (BYOL's and SimSiam's take the first as the prediction).
+PROJECTION_LOSSES = {
+    "barlow_twins": lambda a, b: barlow_twins_loss(a, b)[0],
+    "vicreg": lambda a, b: vicreg_loss(a, b)[0],
+    "simclr": lambda a, b: nt_xent(a, b, 0.1),
+    "byol": regression_loss,
+    "simsiam": negative_cosine,
+}
 
 
 def fixed_batch(n=16, d=24, seed=0):
@@ -48,6 +67,29 @@ def tiny_net(seed=0):
     return TwoViews(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16, bias=False),
                                   nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 12, bias=False)))
+
+
+def tiny_twin(name: str, seed: int = 0):
+    """(TwinNetwork with conv-BN trunk, Linear-BN projector and the objective's head, the objective)."""
+    torch.manual_seed(seed)
+    objective = get(name, **SMALL.get(name, {}))
+    trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    projector = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(),
+                              nn.Linear(16, 12, bias=False))
+    return TwinNetwork(trunk, projector, objective.head(12)), objective
+
+
+def objective_step(network, objective, x1, x2, scale: float = 1.0) -> dict:
+    """One step as the loop takes it: forward, loss, backward (× scale), after_step; what it left, detached."""
+    z, p, _ = network(x1, x2)
+    loss, parts = objective.loss(Views(z=z, p=p, inputs=(x1, x2)))
+    (loss * scale).backward()
+    module = getattr(network, "module", network)
+    objective.after_step(module, 1, 10)
+    return {"loss": loss.detach(), "parts": {k: torch.as_tensor(v).detach().clone() for k, v in parts.items()},
+            "grads": {k: q.grad.detach().clone() for k, q in module.named_parameters()},
+            "state": {k: v.detach().clone() for k, v in objective.state_dict().items()}}
 
 
 def images(n=16, seed=1):
@@ -99,10 +141,27 @@ def main(out: Path):
     grads = {k: p.grad.detach().clone() for k, p in net.named_parameters()}
     running = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
 
+    # The public losses on unevenly split projections (gather_rows pads), and one DDP step per objective.
+    uneven = slice(0, UNEVEN) if rank == 0 else slice(UNEVEN, len(z1))
+    projection_losses = {}
+    for name, loss_of in PROJECTION_LOSSES.items():
+        u1, u2 = z1[uneven].clone().requires_grad_(), z2[uneven].clone().requires_grad_()
+        value = loss_of(u1, u2)
+        value.backward()
+        projection_losses[name] = {"loss": value.detach(), "grads": (u1.grad, u2.grad)}
+    steps = {}
+    for name in MEMBERS:
+        network, objective = tiny_twin(name)
+        network = convert_sync_batchnorm(network, rt.device)
+        objective.attach(network)  # as the loop: after the BatchNorm conversion, before DDP
+        steps[name] = objective_step(nn.parallel.DistributedDataParallel(network), objective, x1[part], x2[part],
+                                     scale=world)
+
     torch.save({"loss": loss.detach(), "grad_z1": a.grad, "grad_z2": b.grad, "part": (part.start, part.stop),
                 "multi_crop_loss": multi_crop_loss.detach(),
                 "multi_crop_grads": (a_mc.grad, b_mc.grad, s_mc.grad),
                 "model_loss": model_loss.detach(), "param_grads": grads, "running": running,
+                "uneven": (uneven.start, uneven.stop), "projection_losses": projection_losses, "steps": steps,
                 "world": world}, out / f"rank{rank}.pt")
     dist.barrier()
     teardown()

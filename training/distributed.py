@@ -124,6 +124,45 @@ def sum_all_reduce_grad(x: torch.Tensor) -> torch.Tensor:
     return _AllReduceSum.apply(x, True) if is_distributed() else x
 
 
+def global_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of per-sample values over every rank's rows (each rank may hold a different number of them).
+
+    Every rank gets the same number; the gradient w.r.t. its own rows is that of the single-process mean.
+    """
+    total = sum_identity_grad(torch.stack([values.sum(), values.new_tensor(float(values.numel()))]))
+    return total[0] / total[1].detach()
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows in rank order; the backward sums every rank's gradient and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, x, sizes: list[int], rank: int):
+        # all_gather needs equal shapes: pad to the largest rank's rows (a rank may have dropped unreadable files).
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[:x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        ctx.start, ctx.rows = sum(sizes[:rank]), sizes[rank]
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # every rank's loss may depend on every row
+        return grad[ctx.start:ctx.start + ctx.rows], None, None
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(every rank's rows of x in rank order, where this rank's rows start), with gradients flowing back to them."""
+    if not is_distributed():
+        return x, 0
+    counts = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([x.shape[0]], device=x.device))
+    sizes, rank = [int(n) for n in counts], dist.get_rank()
+    return _GatherRows.apply(x, sizes, rank), sum(sizes[:rank])
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Mean over ranks of a detached tensor (for logging)."""
     if not is_distributed():

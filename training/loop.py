@@ -21,7 +21,7 @@ from .data import (DataError, file_list_digest, list_images, make_loader, normal
 from .distributed import Runtime, convert_sync_batchnorm, is_distributed, setup, stop_together, teardown
 from .lars import LARS, lr_scale, param_groups, set_lr
 from .metrics import HealthLog
-from .model import TwinNetwork
+from .model import build_network
 from .objectives import Views
 from .objectives import get as get_objective
 
@@ -144,7 +144,7 @@ class Trainer:
         random.seed(c.seed)
         np.random.seed(c.seed)
         self.objective = get_objective(**c.objective)
-        model = TwinNetwork(c, head=self.objective.head(c.embedding_dim))
+        model = build_network(c, head=self.objective.head(c.embedding_dim))
         if rt.world_size > 1 and c.sync_bn:
             model = convert_sync_batchnorm(model, rt.device)
         model.to(rt.device)
@@ -157,13 +157,13 @@ class Trainer:
         if c.init_from and not self.checkpoint:
             with stop_together("loading init_from", rt.device):
                 self.init = init_weights(model, c)
+        self.objective.attach(model)  # e.g. a target network copied from the starting weights, before DDP's hooks
+        self.objective.to(rt.device)
         net = model
         if rt.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         self.net = torch.compile(net) if c.compile else net
-        self.objective.attach(model)  # e.g. a target network copied from the starting weights
-        self.objective.to(rt.device)
         batch_factor = c.batch_size / 256  # the paper's linear lr scaling
         self.optimizer = LARS(param_groups(model, c.lr_weights * batch_factor, c.lr_biases * batch_factor),
                               weight_decay=c.weight_decay, momentum=c.momentum, eta=c.lars_eta)

@@ -29,12 +29,9 @@ class TwinNetwork(nn.Module):
     the network so that DDP and the optimizer treat it like every other trained layer.
     """
 
-    def __init__(self, config: TrainConfig, head: nn.Module | None = None):
+    def __init__(self, trunk: nn.Module, projector: nn.Module, head: nn.Module | None = None):
         super().__init__()
-        model_config = ModelConfig(architecture=config.architecture)
-        self.trunk = Encoder(model_config, zero_init_residual=config.zero_init_residual)
-        self.projector = ProjectorHead(model_config.embedding_dim, config.projector)
-        self.head = head
+        self.trunk, self.projector, self.head = trunk, projector, head
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, *small: torch.Tensor):
         h1 = self.trunk(x1)
@@ -44,3 +41,10 @@ class TwinNetwork(nn.Module):
             z += self.projector(self.trunk(torch.cat(small))).chunk(len(small))
         p = tuple(self.head(v) for v in z) if self.head is not None else ()
         return tuple(z), p, h1.detach()
+
+
+def build_network(config: TrainConfig, head: nn.Module | None = None) -> TwinNetwork:
+    """The config's trunk and projector at random init (zero-init residuals if asked), with the objective's head."""
+    model_config = ModelConfig(architecture=config.architecture)
+    trunk = Encoder(model_config, zero_init_residual=config.zero_init_residual)
+    return TwinNetwork(trunk, ProjectorHead(model_config.embedding_dim, config.projector), head)

@@ -10,6 +10,11 @@ DEFAULT = "barlow_twins"
 # One line per objective: the module under training/objectives/ whose OBJECTIVE is the class.
 MEMBERS = (
     "barlow_twins",
+    "vicreg",
+    "simclr",
+    "byol",
+    "simsiam",
+    "directpred",
 )
 
 __all__ = ["DEFAULT", "MEMBERS", "Objective", "ObjectiveError", "Views", "find", "get"]

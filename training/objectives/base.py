@@ -93,6 +93,12 @@ def positive(name: str, value: float, low: float = 0.0, strict: bool = False) ->
         raise ObjectiveError(f"objective.{name} must be {bound}, not {value}")
 
 
+def within(name: str, value: float, low: float, high: float) -> None:
+    """Refuse a setting outside [low, high] with one line naming it."""
+    if not low <= value <= high:
+        raise ObjectiveError(f"objective.{name} must be between {low:g} and {high:g}, not {value}")
+
+
 def exact(z: torch.Tensor) -> torch.Tensor:
     """A projection in the precision its loss is computed in: float64 stays, anything else becomes float32."""
     return z if z.dtype == torch.float64 else z.float()
