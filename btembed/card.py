@@ -97,6 +97,16 @@ def _training_lines(training: dict) -> list[str]:
     return lines
 
 
+def _threshold_text(config: ModelConfig) -> str:
+    """The model's `btembed dedup` threshold and how it was obtained (its two metrics say on what, and how well)."""
+    text = f"{config.duplicate_threshold} (`btembed dedup`'s default)"
+    p, r = (config.metrics.get(f"dedup_pair_{k}") for k in ("precision", "recall"))
+    if isinstance(p, dict) and isinstance(r, dict) and "value" in p and "value" in r:
+        text += (f", the best F0.5 on {p.get('dataset', 'photos')}: pair precision {p['value']}, recall "
+                 f"{r['value']} of the {p.get('protocol', 'pairs its groups imply')}")
+    return text
+
+
 def render_card(config: ModelConfig, *, description: str | None = None, tags=()) -> str:
     """A full model card: YAML header, what it is, training, metrics (measured vs reported), usage, limits."""
     pre = config.preprocess
@@ -117,6 +127,8 @@ def render_card(config: ModelConfig, *, description: str | None = None, tags=())
         f"{pre.crop} crop {pre.input_size}, mean {list(pre.mean)}, std {list(pre.std)} |",
         f"| License | {config.license or 'not set'} |",
     ]
+    if config.duplicate_threshold is not None:
+        body.append(f"| Duplicate threshold | {_threshold_text(config)} |")
     if source.get("url"):  # the authors' own file, fetched and converted by btembed
         how = "pinned in btembed's registry" if source.get("sha256_pinned") else "trusted on first use"
         body += [f"| Source file | {source['url']} ({source.get('format', '')}) |",

@@ -42,7 +42,8 @@ def _export(args) -> int:
 
     folder = export_run(args.run, args.out, name=args.name, license=args.license, input_size=args.input_size,
                         resize_size=args.resize_size, interpolation=args.interpolation,
-                        say=lambda message: print(message, file=sys.stderr))
+                        say=lambda message: print(message, file=sys.stderr),
+                        calibrate_dedup=not args.no_dedup_calibration, dedup_photos=args.dedup_photos)
     print(f"exported {describe(folder)}", file=sys.stderr)
     return 0
 
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="short side before the centre crop (default: the recipe's, or input size x 256/224)")
     e.add_argument("--interpolation", default="", choices=INTERPOLATIONS,
                    help="resize filter of inference preprocessing (default: the recipe's export_interpolation)")
+    dedup = e.add_mutually_exclusive_group()
+    dedup.add_argument("--no-dedup-calibration", action="store_true",
+                       help="do not calibrate the model's `btembed dedup` threshold (which takes seconds)")
+    dedup.add_argument("--dedup-photos", default=None, metavar="DIR",
+                       help="calibrate the dedup threshold on these photos (default: a sample of the run's "
+                            "training images)")
     e.set_defaults(func=_export)
 
     le = sub.add_parser("linear-eval", help="paper protocol linear evaluation of a frozen trunk")

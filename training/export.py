@@ -107,12 +107,15 @@ def export_curves(run_dir: str | Path, folder: Path, say) -> tuple[str, ...]:
 
 
 def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: str = "", input_size: int = 0,
-               resize_size: int = 0, interpolation: str = "", say=lambda message: None) -> Path:
+               resize_size: int = 0, interpolation: str = "", say=lambda message: None,
+               calibrate_dedup: bool = False, dedup_photos: str | Path | None = None) -> Path:
     """Write the run's trunk as a model folder that btembed.Embedder.from_pretrained loads, with its curves.
 
     input_size/resize_size/interpolation override the recipe's export_* preprocessing (a CNN trained on
     random-resized crops often embeds best somewhat above its training resolution; measure it on a dev set).
     say(message) hears what was left out (the curves, when matplotlib is missing).
+    calibrate_dedup records the model's duplicate threshold, calibrated on the run's training images (or on
+    dedup_photos): training/dedup_threshold.py.
     """
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the model (config.json, model.safetensors)")
@@ -143,7 +146,12 @@ def export_run(run_dir: str | Path, out: str | Path, name: str = "", license: st
     encoder.trunk.load_state_dict(trunk_state(ck["model"]))
     Path(out).mkdir(parents=True, exist_ok=True)
     curves = export_curves(run_dir, Path(out), say)
-    return write_folder(encoder.state_dict_for_save(), encoder.config, out, extra_files=curves)
+    folder = write_folder(encoder.state_dict_for_save(), encoder.config, out, extra_files=curves)
+    if calibrate_dedup:
+        from .dedup_threshold import calibrate_export
+
+        calibrate_export(folder, ck["data"], config.seed, dedup_photos, say)
+    return folder
 
 
 def describe(folder: str | Path) -> str:
