@@ -13,7 +13,11 @@ def register(sub) -> None:
     """Add the embed subcommand."""
     p = sub.add_parser("embed", help="embed images (files or folders) into a .npy file",
                        description="Embed image files and folders (recursively). Writes OUT.npy (float32, one "
-                                   "row per embedded file) and OUT.json (the paths of those rows, and failures).")
+                                   "row per embedded file) and OUT.json (the paths of those rows, and failures). "
+                                   "Started by torchrun (`torchrun --nproc_per_node=N -m btembed embed ...`), each "
+                                   "rank embeds the files whose path hashes to it on its own GPU (cuda:LOCAL_RANK; "
+                                   "gloo on CPU) into OUT.rankR.npy + OUT.rankR.json, and OUT.json is a manifest "
+                                   "of those files in rank order.")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("-o", "--output", required=True, help="output .npy file")
     p.add_argument("--no-normalize", action="store_true", help="keep raw (not L2-normalized) features")
@@ -50,9 +54,8 @@ def collect_paths(inputs, failures: list) -> list[Path]:
 
 def run(args) -> int:
     """Embed, write outputs atomically, summarise; exit 1 when not one image could be embedded."""
-    import numpy as np
-
-    from ..names import is_text, path_fields, raw, shown
+    from ..names import shown
+    from ..search.ranks import torchrun_ranks
 
     out = Path(args.output)
     if out.suffix != ".npy":
@@ -64,7 +67,25 @@ def run(args) -> int:
     if not paths:
         what = "nothing readable" if failures else "no image files found"
         raise BtembedError(f"{what} in " + ", ".join(map(shown, args.paths)))
+    if torchrun_ranks() is not None:
+        return _run_ranked(args, out, paths, failures)
     embedder = load_embedder(args)
+    summary = embed_to(out, paths, failures, embedder, args)
+    if not summary["embedded"]:
+        raise BtembedError(f"none of the {len(paths)} image file(s) could be embedded (causes above)")
+    say(f"embedded {summary['embedded']} images ({embedder.dim}-d, model {embedder.model_id}) → {shown(out)}; "
+        f"{len(failures)} failed")
+    if args.json:
+        print_json(summary)
+    return 0
+
+
+def embed_to(out: Path, paths: list, failures: list, embedder, args) -> dict:
+    """Embed paths into OUT.npy (rows of the files that could be embedded) + OUT.json; returns that summary."""
+    import numpy as np
+
+    from ..names import is_text, path_fields, raw, shown
+
     rows, kept = [], []
     for path, result in embedder.embed_files(paths, batch_size=args.batch_size, num_workers=args.workers,
                                              normalize=not args.no_normalize):
@@ -74,9 +95,7 @@ def run(args) -> int:
         else:
             rows.append(result)
             kept.append(str(path))
-    if not rows:
-        raise BtembedError(f"none of the {len(paths)} image file(s) could be embedded (causes above)")
-    vectors = np.stack(rows)
+    vectors = np.stack(rows) if rows else np.zeros((0, embedder.dim), np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -90,8 +109,45 @@ def run(args) -> int:
                **({"paths_bytes": undecodable} if undecodable else {}),
                "failures": [{**f, **path_fields(f["path"])} for f in failures]}
     sidecar.write_text(json.dumps(summary, indent=2) + "\n")
-    say(f"embedded {len(kept)} images ({embedder.dim}-d, model {embedder.model_id}) → {shown(out)}; "
-        f"{len(failures)} failed")
-    if args.json:
-        print_json(summary)
-    return 0
+    return summary
+
+
+def _run_ranked(args, out: Path, paths: list, failures: list) -> int:
+    """Under torchrun: each rank embeds the files whose path hashes to it into OUT.rankR.npy (+ .json); rank 0
+    then writes OUT.json, the manifest naming every rank's files in rank order."""
+    from ..names import shown
+    from ..search.plan import shard_of
+    from ..search.ranks import RankGroup
+
+    group = RankGroup.join(args.device)
+    try:
+        args.device = group.device
+        mine = [p for p in paths if shard_of(str(p), group.world) == group.rank]
+        part = out.with_name(f"{out.stem}.rank{group.rank}.npy")
+        try:  # failures of the walk (the same on every rank) are reported once, by rank 0
+            s = embed_to(part, mine, failures if group.is_main else [], load_embedder(args), args)
+            result = {"rank": group.rank, "vectors": part.name, "sidecar": Path(s["sidecar"]).name,
+                      "rows": s["embedded"], "failed": s["failed"], "model": s["model"], "dim": s["dim"]}
+        except Exception as e:  # noqa: BLE001 - rank 0 reports it in one line; this rank keeps its place
+            why = str(e) if isinstance(e, BtembedError) else f"{type(e).__name__}: {e}"
+            result = {"rank": group.rank, "error": why}
+        results = group.gather(result)
+        if not group.is_main:
+            return 0
+        bad = [r for r in results if "error" in r]
+        if bad:
+            raise BtembedError(f"rank {bad[0]['rank']} failed: {bad[0]['error']}")
+        embedded = sum(r["rows"] for r in results)
+        if not embedded:
+            raise BtembedError(f"none of the {len(paths)} image file(s) could be embedded (causes above)")
+        manifest = {"output": shown(out.with_suffix(".json")), "model": results[0]["model"], "dim": results[0]["dim"],
+                    "ranks": group.world, "embedded": embedded, "failed": sum(r["failed"] for r in results),
+                    "shards": [{k: r[k] for k in ("vectors", "sidecar", "rows")} for r in results]}
+        out.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
+        say(f"embedded {embedded} images on {group.world} ranks ({manifest['dim']}-d, model {manifest['model']}) → "
+            f"{group.world} files {shown(out.stem)}.rankR.npy, manifest {shown(out.with_suffix('.json'))}")
+        if args.json:
+            print_json(manifest)
+        return 0
+    finally:
+        group.leave()

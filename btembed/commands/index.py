@@ -11,7 +11,11 @@ def register(sub) -> None:
                                    "or copied files, forget deleted ones and update the FAISS index. The index "
                                    "lives in DIR/.btembed/ unless --db says otherwise. Exit status 0 when the run "
                                    "completed (unreadable files and folders are listed), 1 when nothing could be "
-                                   "done.")
+                                   "done. Started by torchrun (`torchrun --nproc_per_node=N -m btembed index DIR`, "
+                                   "--nnodes for several machines sharing DIR and --db), the embedding is spread "
+                                   "over the ranks, each on its own GPU (cuda:LOCAL_RANK; gloo on CPU): rank 0 "
+                                   "plans, merges the ranks' shards and builds the search index; a rerun keeps "
+                                   "every shard that was finished.")
     p.add_argument("folder", metavar="DIR", help="folder of images")
     p.add_argument("--db", default=None, help="index folder (default DIR/.btembed); use for read-only photo folders")
     p.add_argument("--max-memory", default=None,
@@ -24,6 +28,12 @@ def register(sub) -> None:
     p.add_argument("--prune", action="store_true",
                    help="forget cataloged files even when every one of them is gone (normally kept: an unmounted "
                         "disk looks like an empty folder)")
+    p.add_argument("--on-disk", action="store_true",
+                   help="build the search index as IVF-PQ with on-disk inverted lists (memory-mapped), whatever "
+                        "the size (it is chosen by itself when even compressed codes would not fit --max-memory)")
+    p.add_argument("--vector-files-above", default=None, metavar="SIZE",
+                   help="keep vectors in per-shard float16 files (memory-mapped) instead of the catalog once they "
+                        "pass SIZE (default 4G; 0: always)")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait this long for another running index of the same folder (default: exit at once)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -35,15 +45,50 @@ def run(args) -> int:
     """Index, then summarise on stderr (and as JSON on stdout with --json)."""
     import sys
 
-    from ..names import shown
     from ..search import IndexOptions, index_folder
+    from ..search.ann import parse_size
+    from ..search.ranks import torchrun_ranks
 
+    above = args.vector_files_above
     opts = IndexOptions(model=args.model, revision=args.revision, db=args.db, max_memory=args.max_memory,
                         retry_errors=args.retry_errors, rebuild=args.rebuild, prune=args.prune, wait=args.wait,
                         batch_size=args.batch_size, workers=args.workers, backend=args.backend,
                         device=args.device, precision=args.precision,
-                        progress=None if sys.stderr.isatty() else False)
+                        progress=None if sys.stderr.isatty() else False, on_disk=args.on_disk,
+                        vector_files_above=0 if above in ("0", 0) else parse_size(above))
+    if torchrun_ranks() is not None:
+        return _run_ranked(args, opts)
     report = index_folder(args.folder, opts, say=say)
+    _summarise(report, args)
+    return 0
+
+
+def _run_ranked(args, opts) -> int:
+    """Under torchrun: rank 0 runs the index and hands out shards, the other ranks embed what they are given."""
+    from ..search import index_folder
+    from ..search.ranks import RankGroup
+    from ..search.shards import serve_rank
+
+    group = RankGroup.join(args.device)
+    opts.ranks = group
+    try:
+        if not group.is_main:
+            return serve_rank(group, opts)
+        report = None
+        try:
+            report = index_folder(args.folder, opts, say=say)
+        finally:
+            group.broadcast({"kind": "done"})  # the other ranks wait for work until told there is none
+        _summarise(report, args)
+        return 0
+    finally:
+        group.leave()
+
+
+def _summarise(report, args) -> None:
+    """The run's summary on stderr (and as JSON on stdout with --json)."""
+    from ..names import shown
+
     for f in report.failures:
         if "folder" in f:
             say(f"  could not list folder {shown(f['folder'] or '.')}: {f['error']}; its {f['kept']} indexed files "
@@ -61,4 +106,3 @@ def run(args) -> int:
         f"{shown(report.store)}")
     if args.json:
         print_json(report.to_dict())
-    return 0

@@ -1,7 +1,7 @@
-"""FAISS indexes tiered by size (exact flat → IVF → IVF-PQ), nprobe tuned for recall, atomic save with a header."""
+"""FAISS indexes tiered by size (exact flat → IVF → IVF-PQ → IVF-PQ on disk), nprobe tuned for recall; saved as a
+plain FAISS file with a JSON sidecar (annfile)."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -11,8 +11,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from ..errors import CatalogError
-
-MAGIC = b"BTEMBED-FAISS-1\n"
+from . import annfile, ondisk
 # Probe ladder (~1.5x steps): fine enough that the chosen nprobe is not twice what the recall target needs.
 _LADDER = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
            4096, 6144, 8192]
@@ -32,6 +31,10 @@ class AnnConfig:
     tune_queries: int = 256
     rerank: int = 8  # IVF-PQ: candidates per wanted hit, re-scored exactly from stored vectors
     opq: bool = False  # IVF-PQ: learn a rotation first (better codes, slower training)
+    on_disk: bool = False  # force the on-disk tier (tests, or an archive that should not be held in RAM)
+    # On-disk IVF-PQ code size per dimension: RAM does not bound it, search time and disk do. 1/8 byte per dimension
+    # (sub-vectors of 8 dimensions) is 1/16 of the float16 vectors and re-ranks to recall@10 ≥ 0.95.
+    ondisk_bytes_per_dim: float = 1 / 8
     seed: int = 0
 
     @classmethod
@@ -99,12 +102,15 @@ def parse_size(text: str | int | None) -> int | None:
 
 
 def choose_tier(n: int, dim: int, cfg: AnnConfig) -> str:
-    """'flat' for small sets, 'ivfpq' when the raw vectors exceed max_memory, else 'ivf'."""
+    """'flat' for small sets, 'ivf' while the raw vectors fit max_memory, 'ivfpq' while codes of at least d/16
+    bytes do (coarser ones lose too much recall), else 'ondisk' (or whenever cfg.on_disk)."""
+    if cfg.on_disk and n >= 2:  # k-means needs two points
+        return "ondisk"
     if n * dim <= cfg.flat_max_floats:
         return "flat"
-    if cfg.max_memory is not None and n * (dim * 4 + 8) > cfg.max_memory:
-        return "ivfpq"
-    return "ivf"
+    if cfg.max_memory is None or n * (dim * 4 + 8) <= cfg.max_memory:
+        return "ivf"
+    return "ivfpq" if n * (max(1, dim // 16) + 8) <= cfg.max_memory else "ondisk"
 
 
 def choose_nlist(n: int, cfg: AnnConfig) -> int:
@@ -120,6 +126,17 @@ def choose_pq_m(n: int, dim: int, cfg: AnnConfig) -> int:
         raise CatalogError(f"--max-memory {cfg.max_memory} bytes is too small for {n} vectors even compressed "
                            f"(need ≥ {(n * 9) >> 20} MiB); raise --max-memory")
     return max(options)
+
+
+def choose_ondisk_m(dim: int, cfg: AnnConfig) -> int:
+    """PQ bytes per vector of the on-disk tier: the largest divisor of dim up to dim·ondisk_bytes_per_dim."""
+    cap = max(1, int(dim * cfg.ondisk_bytes_per_dim))
+    return max(m for m in range(1, cap + 1) if dim % m == 0)
+
+
+def choose_nbits(n_train: int) -> int:
+    """Bits per PQ code: 8 (256 centroids per sub-vector), fewer only when too few vectors exist to train 256."""
+    return max(1, min(8, int(math.log2(max(2, n_train // 39)))))
 
 
 class AnnIndex:
@@ -172,67 +189,75 @@ class AnnIndex:
         """(scores, ids) of the k best inner products per query; ids -1 pad when fewer exist."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, int(k))
-        rerank = int(self.info.get("rerank", 1)) if self.tier == "ivfpq" and fetch is not None else 1
+        rerank = int(self.info.get("rerank", 1)) if self.tier in PQ_TIERS and fetch is not None else 1
         scores, ids = self.index.search(queries, k * rerank)
         if rerank > 1:
             scores, ids = _rescore(queries, ids, k, fetch)
         return scores[:, :k], ids[:, :k]
 
+    def apply_changes(self, remove_ids: np.ndarray, chunks, folder: Path | None) -> None:
+        """Drop remove_ids, then add the chunks' (ids, vectors); an on-disk index is rewritten into a new .ivfdata
+        in folder (never the mapped one), an in-memory one changed in place."""
+        if self.tier != "ondisk":
+            self.remove(remove_ids)
+            for ids, vecs in chunks:
+                self.add(ids, vecs)
+            return
+        nprobe = self.nprobe
+        self.index, self.info["ivfdata"] = ondisk.update(self.index, remove_ids, chunks, Path(folder))
+        self.nprobe = nprobe
+
     # --- persistence --------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, header: dict) -> None:
-        """Write header + index to a temp file, fsync, then rename: readers see the old file or the new one."""
-        import faiss
-
+        """Write a plain FAISS file + its JSON sidecar, each by rename; an on-disk tier keeps its .ivfdata and
+        the one it replaced (a reader may have opened it just before), older ones go."""
         path = Path(path)
-        head = json.dumps({**header, "tier": self.tier, "info": self.info}).encode()
-        data = faiss.serialize_index(self.index)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + len(head).to_bytes(8, "little") + head)
-            f.write(memoryview(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        previous = (annfile.read_header(path) or {}).get("info", {}).get("ivfdata")
+        annfile.write(self.index, path, {**header, "tier": self.tier, "info": self.info})
+        if self.tier == "ondisk" or previous:
+            ondisk.collect_data_files(path.parent, {self.info.get("ivfdata"), previous})
 
     @staticmethod
     def read_header(path: str | os.PathLike) -> dict | None:
-        """The JSON header of a saved index, or None when missing or not ours."""
-        try:
-            with open(path, "rb") as f:
-                if f.read(len(MAGIC)) != MAGIC:
-                    return None
-                size = int.from_bytes(f.read(8), "little")
-                return json.loads(f.read(size))
-        except (OSError, ValueError):
-            return None
+        """The settings of a saved index, or None when missing or not ours."""
+        return annfile.read_header(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple["AnnIndex", dict]:
-        """(index, header) of a saved file; ValueError when damaged."""
-        import faiss
+        """(index, header) of a saved file (on-disk lists memory-mapped read-only); ValueError when damaged."""
+        header = annfile.read_header(path) or {}
+        index, header = annfile.read(path, on_disk=header.get("tier") == "ondisk")
+        return cls(index, header["tier"], header.get("info")), header
 
-        with open(path, "rb") as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                raise ValueError(f"{path} is not a btembed FAISS file")
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-            data = np.fromfile(f, dtype=np.uint8)
-        try:
-            index = faiss.deserialize_index(data)
-        except RuntimeError as e:
-            raise ValueError(f"{path} is damaged ({e})") from None
-        ann = cls(index, header["tier"], header.get("info"))
-        return ann, header
+
+PQ_TIERS = ("ivfpq", "ondisk")  # approximate codes: candidates are re-scored exactly from stored vectors
 
 
 def _rescore(queries, ids, k, fetch):
     """Exact inner products for candidate ids (IVF-PQ scores are approximate), best k per query."""
     uniq = np.unique(ids[ids >= 0])
-    vecs = fetch(uniq) if len(uniq) else np.zeros((0, queries.shape[1]), np.float32)
+    vecs = _fetch_present(fetch, uniq, queries.shape[1])
     pos = np.searchsorted(uniq, np.where(ids >= 0, ids, uniq[0] if len(uniq) else 0))
     exact = np.einsum("qd,qcd->qc", queries, vecs[pos]) if len(uniq) else np.zeros(ids.shape, np.float32)
-    exact = np.where(ids >= 0, exact, -np.inf).astype(np.float32)
+    exact = np.where((ids >= 0) & ~np.isnan(exact), exact, -np.inf).astype(np.float32)
     order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _fetch_present(fetch, ids: np.ndarray, dim: int) -> np.ndarray:
+    """fetch(ids), with NaN rows for ids that have no vector any more (an index older than its catalog)."""
+    if not len(ids):
+        return np.zeros((0, dim), np.float32)
+    try:
+        return fetch(ids)
+    except KeyError:
+        out = np.full((len(ids), dim), np.nan, np.float32)
+        for row, i in enumerate(ids):
+            try:
+                out[row] = fetch([i])[0]
+            except KeyError:
+                pass
+        return out
 
 
 def exact_knn(source: VectorSource, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -270,7 +295,7 @@ def tune_nprobe(ann: AnnIndex, source: VectorSource, cfg: AnnConfig, k: int = 10
     _, truth = exact_knn(source, queries, k + 1)
     nlist = int(ann.info["nlist"])
     goal = min(1.0, cfg.target_recall + cfg.tune_margin)
-    reranks = [cfg.rerank * f for f in (1, 2, 4, 8)] if ann.tier == "ivfpq" else [None]
+    reranks = [cfg.rerank * f for f in (1, 2, 4, 8)] if ann.tier in PQ_TIERS else [None]
     recall = 0.0
     for rerank in reranks:
         if rerank is not None:
@@ -286,12 +311,20 @@ def tune_nprobe(ann: AnnIndex, source: VectorSource, cfg: AnnConfig, k: int = 10
     ann.info.update(recall_at_10=round(recall, 4), tune_queries=len(queries))
 
 
-def build(source: VectorSource, cfg: AnnConfig, progress: Callable[[str], None] | None = None) -> AnnIndex:
-    """Build the tier that fits source.count and cfg from scratch: train on a sample, add in chunks, tune."""
+def build(source: VectorSource, cfg: AnnConfig, progress: Callable[[str], None] | None = None,
+          folder: Path | None = None) -> AnnIndex:
+    """Build the tier that fits source.count and cfg from scratch: train on a sample, add in chunks, tune.
+
+    folder: where the on-disk tier writes its .ivfdata; without one (a reader that may not write) that tier is
+    built as IVF-PQ in memory with the same codes.
+    """
     import faiss
 
     n, d = source.count, source.dim
     tier = choose_tier(n, d, cfg)
+    ondisk_codes = tier == "ondisk"
+    if ondisk_codes and folder is None:
+        tier = "ivfpq"
     say = progress or (lambda _msg: None)
     info: dict = {"trained_n": n, "config": asdict(cfg)}
     if tier == "flat":
@@ -303,12 +336,13 @@ def build(source: VectorSource, cfg: AnnConfig, progress: Callable[[str], None] 
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
             n_train = min(n, cfg.train_per_list * nlist)
         else:
-            m = choose_pq_m(n, d, cfg)
-            info.update(pq_m=m, rerank=cfg.rerank, opq=cfg.opq)
-            # "np": no polysemous training — it is slow (annealing) and only helps Hamming pre-filtering.
-            spec = (f"OPQ{m}," if cfg.opq else "") + f"IVF{nlist},PQ{m}np"
-            index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+            m = choose_ondisk_m(d, cfg) if ondisk_codes else choose_pq_m(n, d, cfg)
             n_train = min(n, max(cfg.train_per_list * nlist, 256 * 40))  # PQ codebooks need ~40·256 points
+            nbits = choose_nbits(n_train)
+            info.update(pq_m=m, pq_nbits=nbits, rerank=cfg.rerank, opq=cfg.opq)
+            # "np": no polysemous training — it is slow (annealing) and only helps Hamming pre-filtering.
+            spec = (f"OPQ{m}," if cfg.opq else "") + f"IVF{nlist},PQ{m}x{nbits}np"
+            index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
         ivf.cp.niter = cfg.kmeans_iters
         ivf.cp.seed = cfg.seed
@@ -316,9 +350,13 @@ def build(source: VectorSource, cfg: AnnConfig, progress: Callable[[str], None] 
             ivf.pq.cp.niter = cfg.kmeans_iters
         say(f"training {tier} index ({nlist} lists) on {n_train} of {n} vectors")
         index.train(source.sample(n_train, seed=cfg.seed)[1])
+        if tier == "ondisk":
+            say(f"writing on-disk inverted lists of {n} vectors to {folder}")
+            index, info["ivfdata"] = ondisk.build(index, source.chunks(), Path(folder), say=say)
         ann = AnnIndex(index, tier, info)
-    for ids, vecs in source.chunks():
-        ann.add(ids, vecs)
+    if tier != "ondisk":
+        for ids, vecs in source.chunks():
+            ann.add(ids, vecs)
     if tier != "flat":
         say("tuning nprobe for recall@10")
         tune_nprobe(ann, source, cfg)

@@ -17,6 +17,7 @@ from .catalog import CATALOG_FILE, Catalog, DamagedCatalog, set_aside
 from .lock import WriterLock
 from .plan import Plan, hash_file, make_plan
 from .refresh import index_is_current, saved_tier, sync_ann
+from .shards import ShardedEmbed, keeps_vector_files
 from .stamp import ModelStamp
 from .store import collect_old, live_folder, new_generation, open_store, prepare, switch_to
 
@@ -43,6 +44,9 @@ class IndexOptions:
     precision: str = "fp32"
     vector_dtype: str = "float16"  # how vectors are stored in the catalog (new catalogs only)
     progress: bool | None = None
+    ranks: object = None  # a RankGroup under torchrun: the embedding is spread over its ranks (search/shards.py)
+    vector_files_above: int | None = None  # catalog vector bytes above which vectors stay in shard files
+    on_disk: bool = False  # build the search index with on-disk inverted lists whatever its size (kept after)
 
 
 @dataclass
@@ -170,6 +174,7 @@ def _record_settings(catalog: Catalog, root: str, stamp: ModelStamp, opts: Index
     cfg = AnnConfig.from_dict(json.loads(catalog.get("ann_config", "{}")))
     if max_memory is not None or cfg.max_memory is None:
         cfg.max_memory = max_memory or default_max_memory()
+    cfg.on_disk = cfg.on_disk or opts.on_disk
     meta = {**stamp.to_meta(), "root": root, "ann_config": json.dumps(asdict(cfg))}
     if catalog.get("vector_dtype") is None or opts.rebuild:
         meta["vector_dtype"] = opts.vector_dtype
@@ -247,7 +252,10 @@ def apply_plan(plan: Plan, catalog: Catalog, model, opts: IndexOptions, report: 
     if plan.vanished:
         with catalog.transaction():
             catalog.delete([row.id for row in plan.vanished], gen)
-    if plan.embed:
+    if plan.embed and (opts.ranks is not None or keeps_vector_files(catalog, len(plan.embed),
+                                                                     opts.vector_files_above)):
+        ShardedEmbed(opts.ranks).run(catalog, plan.embed, model, opts, gen, report)
+    elif plan.embed:
         _embed(catalog, plan.embed, model, opts, gen, report)
     for batch in _batches(plan.copies):
         with catalog.transaction():

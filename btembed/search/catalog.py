@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import CatalogError
 from .stamp import ModelStamp
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: vectors may live in vector files (vec_file, vec_row), which schema-1 readers cannot read
 CATALOG_FILE = "catalog.sqlite"
 # What the phash column holds; catalogs without this meta value hold a partial hash (size + both 64-KiB ends),
 # which is not enough to reuse a vector: same-size files with equal ends (uncompressed frames, scans,
@@ -34,8 +34,13 @@ CREATE TABLE IF NOT EXISTS files (
     status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
     error TEXT,
     vector BLOB,
-    vec_gen INTEGER NOT NULL                -- catalog generation in which this row last changed
+    vec_gen INTEGER NOT NULL,               -- catalog generation in which this row last changed
+    vec_file INTEGER,                       -- set when the vector lives outside SQLite (vector is NULL):
+    vec_row INTEGER                         -- row vec_row of the vector file vec_file (see vector_files)
 );
+-- Per-shard vector files of big catalogs (search/shardfile.py), named relative to the catalog's folder.
+CREATE TABLE IF NOT EXISTS vector_files (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, dtype TEXT NOT NULL,
+                                         dim INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS files_by_hash ON files (size, phash);
 CREATE INDEX IF NOT EXISTS files_by_gen ON files (vec_gen);
 -- Rows removed since the FAISS file was last saved, so an index can be updated instead of rebuilt.
@@ -108,12 +113,25 @@ class Row:
         return self.status == "ok"
 
 
+@dataclass(frozen=True)
+class VectorRef:
+    """A vector kept outside SQLite: row `row` of the vector file with id `file`."""
+
+    file: int
+    row: int
+
+
+def _vector(blob, file, row):
+    """The vector column(s) as put() takes them: a blob, a VectorRef, or None."""
+    return VectorRef(file, row) if blob is None and file is not None else blob
+
+
 @dataclass
 class Outcome:
-    """A file's stored result: its vector blob, or the error that kept it from having one."""
+    """A file's stored result: its vector (blob or VectorRef), or the error that kept it from having one."""
 
     phash: str | None
-    vector: bytes | None
+    vector: bytes | VectorRef | None
     error: str | None
 
 
@@ -124,6 +142,10 @@ class Catalog:
         self.path = path
         self.conn = conn
         self.read_only = read_only
+        # Schema-1 catalogs opened read-only have no vec_file/vec_row columns: read them as NULL.
+        has = {r[1] for r in conn.execute("PRAGMA table_info(files)")} >= {"vec_file", "vec_row"}
+        self._vec = "vector, vec_file, vec_row" if has else "vector, NULL, NULL"
+        self._mapped: dict[int, np.ndarray] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike, create: bool = False, read_only: bool = False) -> "Catalog":
@@ -156,6 +178,13 @@ class Catalog:
                               "generation": 0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         elif int(version) > SCHEMA_VERSION:
             raise CatalogError(f"{path} was written by a newer btembed (schema {version}); upgrade btembed")
+        elif int(version) < SCHEMA_VERSION:
+            with catalog.transaction():
+                if catalog._vec.endswith("NULL"):
+                    conn.execute("ALTER TABLE files ADD COLUMN vec_file INTEGER")
+                    conn.execute("ALTER TABLE files ADD COLUMN vec_row INTEGER")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            catalog._vec = "vector, vec_file, vec_row"
         if catalog.get("hash_kind") != HASH_KIND:
             # Older partial hashes cannot vouch for identical bytes: forget them (the indexer hashes those
             # unchanged files in full on its next run, without re-embedding them).
@@ -261,8 +290,9 @@ class Catalog:
 
     def outcome(self, path: str) -> Outcome | None:
         """The stored vector (or error) of one relative path, or None when it has no row."""
-        row = self.conn.execute("SELECT phash, vector, error FROM files WHERE path = ?", (_stored(path),)).fetchone()
-        return Outcome(*row) if row else None
+        row = self.conn.execute(f"SELECT phash, {self._vec}, error FROM files WHERE path = ?",
+                                (_stored(path),)).fetchone()
+        return Outcome(row[0], _vector(*row[1:4]), row[4]) if row else None
 
     def set_content_hash(self, path: str, phash: str) -> None:
         """Record a file's content hash, leaving its vector and generation alone; call inside a transaction."""
@@ -279,26 +309,27 @@ class Catalog:
             groups.setdefault((row.size, row.phash), []).append(row)
         return list(groups.values())
 
-    def vector_for_hash(self, size: int, phash: str) -> bytes | None:
-        """The stored vector blob of any good file with this size and content hash (a copy or a rename)."""
-        row = self.conn.execute("SELECT vector FROM files WHERE size = ? AND phash = ? AND status = 'ok' LIMIT 1",
-                                (size, phash)).fetchone()
-        return row[0] if row else None
+    def vector_for_hash(self, size: int, phash: str) -> bytes | VectorRef | None:
+        """The stored vector of any good file with this size and content hash (a copy or a rename)."""
+        row = self.conn.execute(f"SELECT {self._vec} FROM files WHERE size = ? AND phash = ? AND status = 'ok' "
+                                "LIMIT 1", (size, phash)).fetchone()
+        return _vector(*row) if row else None
 
     def encode(self, vector: np.ndarray) -> bytes:
         """A float vector → blob in the catalog's dtype."""
         return np.ascontiguousarray(vector, dtype=self.dtype).tobytes()
 
     def put(self, path: str, size: int, mtime_ns: int, phash: str | None, gen: int, *,
-            vector: bytes | None = None, error: str | None = None) -> None:
+            vector: bytes | VectorRef | None = None, error: str | None = None) -> None:
         """Insert or replace one file's row (keeps its id when the path is known); call inside a transaction."""
         status = "ok" if error is None else "error"
+        file, row = (vector.file, vector.row) if isinstance(vector, VectorRef) else (None, None)
         self.conn.execute(
-            "INSERT INTO files (path, size, mtime_ns, phash, status, error, vector, vec_gen) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
+            "INSERT INTO files (path, size, mtime_ns, phash, status, error, vector, vec_gen, vec_file, vec_row) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
             "mtime_ns=excluded.mtime_ns, phash=excluded.phash, status=excluded.status, error=excluded.error, "
-            "vector=excluded.vector, vec_gen=excluded.vec_gen",
-            (_stored(path), size, mtime_ns, phash, status, error, vector, gen))
+            "vector=excluded.vector, vec_gen=excluded.vec_gen, vec_file=excluded.vec_file, vec_row=excluded.vec_row",
+            (_stored(path), size, mtime_ns, phash, status, error, None if file is not None else vector, gen, file, row))
 
     def delete(self, ids: list[int], gen: int) -> None:
         """Forget rows, leaving tombstones so a saved FAISS index can drop them; call inside a transaction."""
@@ -328,26 +359,66 @@ class Catalog:
             out.update((i, _read(p)) for i, p in self.conn.execute(q, chunk))
         return out
 
+    def rows_by_id(self, ids) -> dict[int, Row]:
+        """id → Row for the given ids."""
+        out = {}
+        for chunk in _chunks(list(map(int, ids)), 500):
+            q = f"SELECT {_ROW_COLUMNS} FROM files WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update((row.id, row) for row in map(_row, self.conn.execute(q, chunk)))
+        return out
+
     def lookup(self, path: str) -> Row | None:
         """The row of one relative path, or None."""
         r = self.conn.execute(f"SELECT {_ROW_COLUMNS} FROM files WHERE path = ?", (_stored(path),)).fetchone()
         return _row(r) if r else None
 
     # --- vectors ----------------------------------------------------------------------------------------------
+    # --- vector files -----------------------------------------------------------------------------------------
+    def add_vector_file(self, name: str, dtype: str, dim: int) -> int:
+        """Register a vector file (relative to the catalog's folder) and return its id; call inside a transaction."""
+        self.conn.execute("INSERT OR IGNORE INTO vector_files (name, dtype, dim) VALUES (?, ?, ?)", (name, dtype, dim))
+        return self.conn.execute("SELECT id FROM vector_files WHERE name = ?", (name,)).fetchone()[0]
+
+    def vector_files(self, unused: bool = False) -> dict[int, str]:
+        """id → name of the registered vector files (only those no row points to any more, when unused)."""
+        where = " WHERE id NOT IN (SELECT DISTINCT vec_file FROM files WHERE vec_file IS NOT NULL)" if unused else ""
+        return dict(self.conn.execute(f"SELECT id, name FROM vector_files{where}"))
+
+    def forget_vector_files(self, ids) -> None:
+        """Unregister vector files (their rows gone); call inside a transaction."""
+        self.conn.executemany("DELETE FROM vector_files WHERE id = ?", [(int(i),) for i in ids])
+
+    def _mapped_file(self, file: int) -> np.ndarray:
+        """A vector file, memory-mapped once per connection."""
+        from .shardfile import open_vectors
+
+        if file not in self._mapped:
+            name, dtype, dim = self.conn.execute("SELECT name, dtype, dim FROM vector_files WHERE id = ?",
+                                                 (file,)).fetchone()
+            self._mapped[file] = open_vectors(self.path.parent / name, dtype, dim)
+        return self._mapped[file]
+
     def _decode(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 vectors) of (id, blob, vec_file, vec_row) rows."""
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        dim = self.dim or 0
-        if not rows:
-            return ids, np.zeros((0, dim), np.float32)
-        flat = np.frombuffer(b"".join(r[1] for r in rows), dtype=self.dtype)
-        return ids, flat.reshape(len(rows), -1).astype(np.float32)
+        out = np.empty((len(rows), self.dim or 0), np.float32)
+        blobs = [k for k, r in enumerate(rows) if r[1] is not None]
+        if blobs:
+            out[blobs] = np.frombuffer(b"".join(rows[k][1] for k in blobs), dtype=self.dtype).reshape(len(blobs), -1)
+        by_file: dict[int, list[int]] = {}
+        for k, r in enumerate(rows):
+            if r[1] is None:
+                by_file.setdefault(r[2], []).append(k)
+        for file, ks in by_file.items():
+            out[ks] = self._mapped_file(file)[[rows[k][3] for k in ks]]
+        return ids, out
 
     def fetch(self, ids) -> np.ndarray:
         """float32 vectors of the given row ids, in the given order (rows must exist and be ok)."""
         ids = [int(i) for i in ids]
         found: dict[int, np.ndarray] = {}
         for chunk in _chunks(ids, 500):
-            q = f"SELECT id, vector FROM files WHERE status = 'ok' AND id IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT id, {self._vec} FROM files WHERE status = 'ok' AND id IN ({','.join('?' * len(chunk))})"
             got_ids, vecs = self._decode(self.conn.execute(q, chunk).fetchall())
             found.update(zip(got_ids.tolist(), vecs))
         missing = [i for i in ids if i not in found]
@@ -360,7 +431,8 @@ class Catalog:
         last, gen = -1, -1 if min_gen is None else min_gen
         while True:
             rows = self.conn.execute(
-                "SELECT id, vector FROM files WHERE status = 'ok' AND id > ? AND vec_gen > ? ORDER BY id LIMIT ?",
+                f"SELECT id, {self._vec} FROM files WHERE status = 'ok' AND id > ? AND vec_gen > ? ORDER BY id "
+                "LIMIT ?",
                 (last, gen, size)).fetchall()
             if not rows:
                 return

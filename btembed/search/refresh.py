@@ -65,21 +65,24 @@ def sync_ann(catalog: Catalog, store: Path, save: bool, say: Callable[[str], Non
             say(f"rebuilding the search index: {e}")
     if ann is not None and head["generation"] == want["generation"]:
         return ann
+    if ann is not None and ann.tier == "ondisk" and not save:
+        # Updating on-disk lists means writing a new .ivfdata, which a reader that may not write cannot do; the
+        # saved index serves: gone rows drop out of results, changed ones are re-scored with their new vectors.
+        say("the on-disk search index predates the catalog's last changes; searching it as it is")
+        return ann
     n = catalog.count()
     if ann is not None:
         changed, gone = catalog.changed_since(head["generation"])
-        ann.remove(np.concatenate([changed, gone]))
-        for ids, vecs in catalog.chunks(min_gen=head["generation"]):
-            ann.add(ids, vecs)
+        ann.apply_changes(np.concatenate([changed, gone]), catalog.chunks(min_gen=head["generation"]), store)
         if needs_rebuild(ann, n, cfg) or ann.ntotal != n:
             ann = None
     if ann is None:
         say(f"building the search index over {n} vectors")
-        ann = build(CatalogSource(catalog), cfg, progress=say)
+        ann = build(CatalogSource(catalog), cfg, progress=say, folder=store if save else None)
     if save:
         ann.save(path, want)
         if not catalog.read_only:  # a search leaves them for the next index run: it never writes the catalog
             catalog.prune_tombstones(want["generation"])
-        for stale in store.glob(f"{INDEX_FILE}.tmp-*"):
+        for stale in [*store.glob(f"{INDEX_FILE}.tmp-*"), *store.glob(f"{INDEX_FILE}.json.tmp-*")]:
             stale.unlink(missing_ok=True)  # left by a killed writer; we hold the lock, so none is in use
     return ann
