@@ -192,6 +192,9 @@ def test_3_names_that_are_not_utf8_in_probe_and_embed(tmp_path, photo_paths, tin
                  "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["dataset"]["from_catalog"] == 7 and doc["n"] == 7
+    assert main(["dedup", str(folder), "--json"]) == 0  # the copy and its original are one group
+    members = [m for g in json.loads(capsys.readouterr().out)["groups"] for m in g["members"]]
+    assert [base64.b64decode(m["path_bytes"]) for m in members if "path_bytes" in m] == [raw]
     assert main(["embed", str(folder), "-o", str(tmp_path / "v.npy"), "--model", str(tiny_model_dir),
                  "--workers", "0"]) == 0
     sidecar = json.loads((tmp_path / "v.json").read_text())

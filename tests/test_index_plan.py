@@ -102,3 +102,33 @@ def test_only_the_catalog_module_holds_sql():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
                 found.append(f"{path.relative_to(root)}:{node.lineno}")
     assert found == []
+
+
+def test_a_file_that_changes_while_read_is_not_stored_and_is_read_again(tmp_path, photo_paths, tiny_model_dir,
+                                                                       monkeypatch):
+    from btembed.embedder import Embedder
+
+    folder = _photos(tmp_path / "photos", photo_paths[:3])
+    victim = folder / photo_paths[0].name
+    real = Embedder.embed_batches
+
+    def rewritten_meanwhile(self, *args, **kw):
+        for batch in real(self, *args, **kw):
+            os_utime(victim)  # written to while the run read it
+            yield batch
+
+    monkeypatch.setattr(Embedder, "embed_batches", rewritten_meanwhile)
+    r = index_folder(folder, IndexOptions(model=str(tiny_model_dir), workers=0))
+    assert r.embedded == 2 and r.skipped == [{"path": victim.name,
+                                              "reason": "changed while being read; read again on the next run"}]
+    monkeypatch.undo()
+    r = index_folder(folder, IndexOptions(workers=0))
+    assert (r.new, r.embedded, r.total, r.skipped) == (1, 1, 3, [])
+
+
+def os_utime(path: Path) -> None:
+    """A new mtime, whatever the clock's resolution."""
+    import os
+
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))

@@ -13,13 +13,13 @@ from ..errors import CatalogError, ModelError
 from ..images import os_cause
 from ..names import path_fields, shown
 from .ann import AnnConfig, parse_size
-from .catalog import CATALOG_FILE, Catalog, DamagedCatalog, set_aside
+from .catalog import CATALOG_FILE, Catalog, DamagedCatalog
 from .lock import WriterLock
 from .plan import Plan, hash_file, make_plan
 from .refresh import index_is_current, saved_tier, sync_ann
 from .shards import ShardedEmbed, keeps_vector_files
 from .stamp import ModelStamp
-from .store import collect_old, live_folder, new_generation, open_store, prepare, switch_to
+from .store import collect_old, live_folder, new_generation, open_store, prepare, set_aside, switch_to
 
 # Rows written per transaction while hashing/reusing (embedding commits once per model batch).
 WRITE_BATCH = 512

@@ -1,6 +1,7 @@
 """SQLite catalog of one photo folder: a row per file (stat, content hash, vector, status), the source of truth."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -61,17 +62,6 @@ class DamagedCatalog(CatalogError):
 def _damaged(error: Exception) -> bool:
     """SQLite's 'file is not a database' / 'malformed' errors, as opposed to permission or locking ones."""
     return type(error) is sqlite3.DatabaseError
-
-
-def set_aside(path: Path) -> Path:
-    """Rename a damaged catalog (and its -wal/-shm companions) out of the way; returns the new name."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        companion = path.with_name(path.name + suffix)
-        if companion.exists():
-            os.replace(companion, aside.with_name(aside.name + suffix))
-    return aside
 
 
 _ROW_COLUMNS = "id, path, size, mtime_ns, phash, status, error"
@@ -280,7 +270,7 @@ class Catalog:
 
     def transaction(self):
         """A context manager: BEGIN IMMEDIATE … COMMIT (or ROLLBACK on error)."""
-        return _Transaction(self.conn)
+        return _Transaction(self.conn, self.path)
 
     # --- rows -------------------------------------------------------------------------------------------------
     def rows(self) -> dict[str, Row]:
@@ -459,16 +449,44 @@ class Catalog:
         return all_ids, self.fetch(all_ids)
 
 
+def _disk_trouble(error: BaseException) -> bool:
+    """A full or failing disk (SQLITE_FULL, SQLITE_IOERR, a file size limit): a user's problem, not a bug."""
+    name = getattr(error, "sqlite_errorname", "")
+    return isinstance(error, sqlite3.OperationalError) and (
+        name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or "disk is full" in str(error) or "disk I/O" in str(error))
+
+
 class _Transaction:
-    def __init__(self, conn):
-        self.conn = conn
+    def __init__(self, conn, path: Path):
+        self.conn, self.path = conn, path
+
+    def _failed(self, error: Exception) -> CatalogError:
+        # What was committed before stays, and the next run continues from it.
+        return CatalogError(f"cannot write the catalog {self.path} ({error}); free disk space (or check the disk) "
+                            "and run `btembed index` again: everything committed so far is kept")
 
     def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if _disk_trouble(e):
+                raise self._failed(e) from None
+            raise
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        except sqlite3.Error as e:
+            if exc_type is None:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
+                if _disk_trouble(e):
+                    raise self._failed(e) from None
+                raise
+            # SQLite already rolled back after the error in flight (e.g. the disk is full): report that one.
+        if exc is not None and _disk_trouble(exc):
+            raise self._failed(exc) from None
         return False
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import BtembedError
 from ..modelfiles import sha256_file
+from ..names import path_fields, shown
 from .search import ImageIndex
 
 DEFAULT_THRESHOLD = 0.95  # for a model folder whose config records no calibrated duplicate_threshold
@@ -42,7 +43,7 @@ class Member:
     def to_dict(self, root: str | os.PathLike | None = None) -> dict:
         """{path, score, exact, kept}; the path is made absolute under root when given."""
         path = os.path.join(root, self.path) if root is not None else self.path
-        return {"path": path, "score": round(min(1.0, self.score), 6), "exact": self.exact, "kept": self.kept}
+        return {**path_fields(path), "score": round(min(1.0, self.score), 6), "exact": self.exact, "kept": self.kept}
 
 
 @dataclass
@@ -57,8 +58,8 @@ class Duplicates:
 
     def to_dict(self, root: str | os.PathLike | None = None) -> dict:
         """The one document of `btembed dedup --json` and `GET /api/duplicates`."""
-        def where(p):
-            return os.path.join(root, p) if root is not None else p
+        def where(p):  # a name that is not UTF-8 as text (U+FFFD); members keep path_bytes (btembed.names)
+            return shown(os.path.join(root, p) if root is not None else p)
         return {"groups": [{"members": [m.to_dict(root) for m in g]} for g in self.groups],
                 "blank": [where(p) for p in self.blank], "threshold": self.threshold, "keep": self.keep}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from ..errors import CatalogError
@@ -27,6 +28,17 @@ def locate_store(path: str | os.PathLike, db: str | os.PathLike | None = None) -
     if p.is_file() and p.name == CATALOG_FILE:
         return p.parent
     return p / STORE_DIR
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged catalog (and its -wal/-shm companions) out of the way; returns the new name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.replace(companion, aside.with_name(aside.name + suffix))
+    return aside
 
 
 def open_store(folder: Path, db: str | None) -> Path:
