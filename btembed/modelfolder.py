@@ -38,7 +38,13 @@ class ModelFolder:
         from .sources import locate
 
         path, name, origin = locate(name_or_path, revision=revision)
-        return cls(Path(path), ModelConfig.load(path), name=name, revision=revision, origin=origin)
+        config = ModelConfig.load(path)
+        if config.duplicate_threshold is None and origin != "folder":
+            # Calibrated after these files were made (a Hub upload, an earlier conversion): the registry carries it.
+            from .sources import registry_entry
+
+            config.duplicate_threshold = (registry_entry(name) or {}).get("duplicate_threshold")
+        return cls(Path(path), config, name=name, revision=revision, origin=origin)
 
     @classmethod
     def at(cls, path: str | Path, config: ModelConfig | None = None) -> "ModelFolder":

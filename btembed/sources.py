@@ -295,8 +295,11 @@ def source_config(name: str, entry: dict, digest: str, arch: str, facts: dict) -
                 "data": "ImageNet-1k train (labels unused)", "datasets": ["imagenet-1k"],
                 "limits": limits + ["Trained on ImageNet-1k only: object-centric photos; other domains (documents, "
                                     "medical, satellite, drawings) may embed poorly."]}
+    # A threshold calibrated for this entry (python -m hub calibrate-dedup --record) comes with what it measured.
+    measured = {k: v for k, v in (entry.get("metrics") or {}).items() if k.startswith("dedup_pair_")}
     return ModelConfig(architecture=arch, name=name, license=source.get("license", ""),
-                       preprocess=AUTHORS_PREPROCESS, source=provenance, training=training)
+                       preprocess=AUTHORS_PREPROCESS, source=provenance, training=training,
+                       duplicate_threshold=entry.get("duplicate_threshold"), metrics=measured)
 
 
 def _first_use(name: str, source: dict, digest: str, carried: bool) -> None:

@@ -1,4 +1,5 @@
-"""`python -m hub convert-official | publish | registry`: the maintainers' side of btembed's model hub."""
+"""`python -m hub convert-official | publish | registry | calibrate-dedup`: the maintainers' side of btembed's model
+hub."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +54,16 @@ def _registry(args) -> int:
     return 0
 
 
+def _calibrate_dedup(args) -> int:
+    """Calibrate a model's duplicate threshold; write it into its folder and, with --record, its registry entry."""
+    from .calibrate_dedup import calibrate_dedup
+
+    result = calibrate_dedup(args.model, args.photos, record=args.record, name=args.name, registry=args.registry,
+                             count=args.count, seed=args.seed, say=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of python -m hub."""
     parser = argparse.ArgumentParser(prog="python -m hub", description=__doc__)
@@ -89,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default", action="store_true", help="make this the embedded default")
     p.add_argument("--registry", default=None, help="registry file (default: btembed/registry.json)")
     p.set_defaults(run=_registry)
+
+    p = sub.add_parser("calibrate-dedup", help="calibrate a model's `btembed dedup` threshold on photos; write it "
+                                               "into its folder (and, with --record, its registry entry)")
+    p.add_argument("model", help="model folder, registry name or Hub repo id")
+    p.add_argument("--photos", required=True, help="folder of distinct photos the model will meet (recursive)")
+    p.add_argument("--record", action="store_true", help="also write it into the model's registry entry")
+    p.add_argument("--name", default=None, help="registry entry for --record (default: MODEL, else its config name)")
+    p.add_argument("--registry", default=None, help="registry file (default: btembed/registry.json)")
+    p.add_argument("--count", type=int, default=40, help="photos sampled from --photos (default: 40)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    p.set_defaults(run=_calibrate_dedup)
     return parser
 
 

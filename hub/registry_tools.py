@@ -16,7 +16,7 @@ from btembed.errors import BtembedError
 
 REGISTRY_PATH = Path(__file__).resolve().parent.parent / "btembed" / "registry.json"
 ENTRY_KEYS = ("repo_id", "released", "revision", "architecture", "embedding_dim", "license", "files", "metrics",
-              "embedded", "description", "source")
+              "embedded", "description", "source", "duplicate_threshold")
 SOURCE_KEYS = ("url", "sha256", "size", "format", "license", "reported")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -67,13 +67,19 @@ def entry_from_folder(folder: str | Path, repo_id: str, revision: str | None,
         "metrics": metrics,
         "embedded": embedded,
         "description": description or (config.source or {}).get("description", "") or config.name,
+        # absent when the folder records none: set_entry then keeps a value the registry already carries
+        **({"duplicate_threshold": config.duplicate_threshold} if config.duplicate_threshold is not None else {}),
     }
 
 
 def check_entry(name: str, entry: dict) -> list[str]:
     """Rule violations of one entry (empty when it is fine)."""
-    problems = [f"{name}: missing key {k!r}" for k in ENTRY_KEYS if k not in entry and k not in ("embedded", "source")]
+    optional = ("embedded", "source", "duplicate_threshold")
+    problems = [f"{name}: missing key {k!r}" for k in ENTRY_KEYS if k not in entry and k not in optional]
     problems += check_source(name, entry)
+    threshold = entry.get("duplicate_threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+        problems.append(f"{name}: duplicate_threshold {threshold!r} is not a cosine in (0, 1]")
     if entry.get("released"):
         if not _SHA1.match(str(entry.get("revision") or "")):
             problems.append(f"{name}: released but its revision is not a 40-hex commit sha")
@@ -136,3 +142,18 @@ def set_entry(name: str, entry: dict, *, make_default: bool = False, path: str |
         raise RegistryError("refusing to write the registry: " + "; ".join(problems))
     write_registry(registry, path)
     return registry
+
+
+def record_duplicate_threshold(name: str, threshold: float, metrics: dict, *, path: str | Path = REGISTRY_PATH) -> None:
+    """Put a calibrated duplicate threshold and its measured precision/recall into an existing entry."""
+    registry = read_registry(path)
+    entry = registry.get("models", {}).get(name)
+    if entry is None:
+        raise RegistryError(f"registry {path} has no entry {name!r}; add it first (python -m hub registry add) or "
+                            "name an existing one with --name")
+    entry["duplicate_threshold"] = threshold
+    entry.setdefault("metrics", {}).update(metrics)
+    problems = check_registry(registry)
+    if problems:
+        raise RegistryError("refusing to write the registry: " + "; ".join(problems))
+    write_registry(registry, path)

@@ -59,6 +59,9 @@ def calibrate_model(model: ModelFolder, photos: str | Path, what: str, *, count:
     from ..embedder import Embedder
 
     folder = Path(photos)
+    if count < MIN_PHOTOS:
+        raise CalibrationError(f"a sample of {count} photos is too small; calibrating a duplicate threshold needs "
+                               f"at least {MIN_PHOTOS}")
     if not folder.is_dir():
         raise CalibrationError(f"{folder} is not a folder (it is gone or was never there); give a folder of "
                                f"at least {MIN_PHOTOS} distinct photos")
