@@ -44,6 +44,11 @@ COMMANDS = [
                                          "--max-calibration", "8"], 0, []),
     ("training fit", "training", ["fit", "--recipe", "cpu-tiny", "--data", "{dir}", "--out", "{out}/run",
                                   "--no-progress", "epochs=1"], 0, []),
+    ("export-index", "btembed", ["export-index", "{dir}", "--out", "{out}/exported", "--format", "jsonl"], 0, []),
+    ("models fetch --from a pipe", "btembed", ["models", "fetch", "btembed/r50", "--from", "{dir}/dogs/pipe.jpg"], 1,
+     ["pipe.jpg"]),
+    ("models fetch --from a locked file", "btembed", ["models", "fetch", "btembed/r50", "--from",
+                                                      "{dir}/cats/locked.png"], 1, ["permission denied"]),
 ]
 
 
