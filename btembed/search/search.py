@@ -111,18 +111,7 @@ class ImageIndex:
     def embedder(self):
         """The model the folder was indexed with (loaded on first use; needs torch)."""
         if self._embedder is None:
-            from ..embedder import Embedder
-
-            recorded = self.catalog.model_stamp()
-            try:
-                embedder = Embedder.from_pretrained(recorded.model_source, revision=recorded.model_revision)
-            except ModelError as e:
-                raise ModelError(f"the model {self.root} was indexed with cannot be loaded any more ({e}); "
-                                 "re-index the folder with `btembed index --rebuild --model M`") from None
-            if not recorded.same_model(ModelStamp(**embedder.model_folder.identity())):
-                raise CatalogError(f"the model at {recorded.model_source} changed since {self.root} was indexed; "
-                                   "re-run `btembed index --rebuild` or pass the original model")
-            self._embedder = embedder
+            self._embedder = indexed_model(self.catalog.model_stamp(), self.root)
         return self._embedder
 
     def _stored_vector(self, item) -> np.ndarray | None:
@@ -179,6 +168,24 @@ def _is_dir(path) -> bool:
         return Path(path).is_dir()
     except OSError:
         return True  # there, but not reachable: the catalog message names it
+
+
+def indexed_model(recorded: ModelStamp, folder, **load):
+    """The Embedder of the model a folder was indexed with, checked to hold the same weights (needs torch).
+
+    load: backend, device ... as Embedder.from_pretrained takes them.
+    """
+    from ..embedder import Embedder
+
+    try:
+        embedder = Embedder.from_pretrained(recorded.model_source, revision=recorded.model_revision, **load)
+    except ModelError as e:
+        raise ModelError(f"the model {folder} was indexed with cannot be loaded any more ({e}); "
+                         "re-index the folder with `btembed index --rebuild --model M`") from None
+    if not recorded.same_model(ModelStamp(**embedder.model_folder.identity())):
+        raise CatalogError(f"the model at {recorded.model_source} changed since {folder} was indexed; "
+                           "re-run `btembed index --rebuild`, or use the original model")
+    return embedder
 
 
 def _unchanged_vectors(catalog: Catalog, items: list) -> dict[int, np.ndarray]:

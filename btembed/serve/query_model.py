@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 
-from ..errors import CatalogError, ModelError
-
 
 class QueryModel:
     """Loads the catalog's model on the first upload (backend/device as `btembed serve` was told)."""
@@ -24,16 +22,6 @@ class QueryModel:
             return self._embedder
 
     def _load(self, stamp, folder):
-        from ..embedder import Embedder
-        from ..search.catalog import ModelStamp
+        from ..search.search import indexed_model
 
-        try:
-            embedder = Embedder.from_pretrained(stamp.model_source, revision=stamp.model_revision,
-                                                backend=self.backend, device=self.device)
-        except ModelError as e:
-            raise ModelError(f"the model {folder} was indexed with cannot be loaded any more ({e}); re-index the "
-                             "folder with `btembed index --rebuild --model M`") from None
-        if not stamp.same_model(ModelStamp(**embedder.model_folder.identity())):
-            raise CatalogError(f"the model at {stamp.model_source} changed since {folder} was indexed; re-run "
-                               "`btembed index --rebuild` or serve with the original model")
-        return embedder
+        return indexed_model(stamp, folder, backend=self.backend, device=self.device)
