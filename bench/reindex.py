@@ -1,7 +1,7 @@
 """Benchmark re-indexing an unchanged folder of 10,000 small files (goal ≤ 2 s), side by side with what a run
 that must embed costs (`import torch` alone, one changed file, the first full index).
 
-    python bench/reindex.py [--files 10000] [--data /work/data/bench_reindex]
+    python bench/reindex.py [--files 10000] [--data ../data/bench_reindex]
 
 Uses a random-init resnet18 at 64 px: the model only matters for the first run and the one-changed-file run.
 """
@@ -60,7 +60,7 @@ def timed(cmd: list[str]) -> tuple[float, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=10_000)
-    ap.add_argument("--data", default="/work/data/bench_reindex")
+    ap.add_argument("--data", default="../data/bench_reindex")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     data = Path(args.data)

@@ -14,7 +14,8 @@ from torchvision.transforms import v2
 from btembed import Encoder
 from btembed.config import ModelConfig
 from btembed.errors import ImageError, ModelError
-from btembed.hub import resolve_model, shared_location
+from btembed.modelfiles import shared_location
+from btembed.modelfolder import ModelFolder
 from btembed.images import open_image
 from btembed.preprocess import load_pixels
 
@@ -177,7 +178,7 @@ def linear_eval(model, data, val=None, config: LinearEvalConfig | None = None, d
 
 def _record_folder(model) -> Path:
     """The model folder --record may write into: a folder of the user's own, never a shared copy."""
-    folder = resolve_model(model)
+    folder = ModelFolder.resolve(model).path
     where = shared_location(folder)
     if where:
         raise ModelError(f"--record would write into {folder}, which is {where} and must stay as published; "
