@@ -120,6 +120,7 @@ def run_worker(variant, arch, size, batch, steps, objective) -> dict:
 
 def _objectives(names: list[str]) -> list[str]:
     """The objectives asked for ('all': every registered one)."""
+    sys.path.insert(0, str(REPO))  # run as a script from bench/: the repository's training package
     from training.objectives import MEMBERS
 
     return list(MEMBERS) if names == ["all"] else names

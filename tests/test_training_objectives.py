@@ -34,7 +34,7 @@ def same_value_and_gradients(ours, reference, inputs):
     mine_grads = torch.autograd.grad(mine, inputs, allow_unused=True)
     theirs = reference(*inputs)
     their_grads = torch.autograd.grad(theirs, inputs, allow_unused=True)
-    assert mine.dtype == torch.float64 and abs(float(mine) - float(theirs)) <= TOLERANCE
+    assert mine.dtype == torch.float64 and abs(float(mine.detach()) - float(theirs.detach())) <= TOLERANCE
     for a, b in zip(mine_grads, their_grads):
         if b is None:
             assert a is None or not a.any()
@@ -112,21 +112,22 @@ def test_loss_equals_the_reference_in_float64(ours, reference):
 
 
 def test_vicreg_variance_term_is_active_and_parts_are_the_unweighted_terms():
-    """Small spread puts the hinge to work (the seeds' views above are wide), and parts add up to the loss."""
+    """A small spread puts the variance hinge to work (views() are wide), and the parts add up to the loss."""
     z1, z2 = views()
     small = (z1 * 0.1, z2 * 0.1)
     same_value_and_gradients(lambda a, b: vicreg_loss(a, b)[0], vicreg_reference, small)
     loss, parts = vicreg_loss(*small)
     assert parts["variance"] > 0.5
-    assert float(loss) == pytest.approx(25 * parts["invariance"] + 25 * parts["variance"] + parts["covariance"])
+    assert float(loss.detach()) == pytest.approx(float(25 * parts["invariance"] + 25 * parts["variance"]
+                                                       + parts["covariance"]))
 
 
 def test_simclr_parts_describe_the_contrastive_task():
     z1, z2 = views()
     loss, parts = get("simclr").loss(Views(z=(z1, z2)))
-    assert float(loss) == pytest.approx(float(nt_xent(z1, z2, 0.1)))
+    assert float(loss.detach()) == pytest.approx(float(nt_xent(z1, z2, 0.1).detach()))
     u1, u2 = torch.nn.functional.normalize(z1, dim=1), torch.nn.functional.normalize(z2, dim=1)
-    assert float(parts["positive_cos"]) == pytest.approx(float((u1 * u2).sum(1).mean()))
+    assert float(parts["positive_cos"]) == pytest.approx(float((u1 * u2).sum(1).mean().detach()))
     assert 0 <= float(parts["top1"]) <= 1 and -1 <= float(parts["negative_cos"]) <= 1
 
 
@@ -246,3 +247,12 @@ def test_resume_is_bit_exact_with_the_objectives_state(name, tmp_path):
     if name == "directpred":
         assert int(resumed["objective"]["updates"]) == 4 and resumed["objective"]["correlation"].abs().sum() > 0
     assert math.isfinite(resumed["metrics"]["loss"])
+
+
+def test_vicreg_pairs_multi_crop_views_like_barlow_twins():
+    z1, z2 = (v.detach() for v in views())
+    small = (0.5 * z1 + 0.1, z2 - 0.2)
+    loss, parts = get("vicreg").loss(Views(z=(z1, z2, *small)))
+    pairs = [(z1, z2)] + [(s, z) for s in small for z in (z1, z2)]
+    assert float(loss) == pytest.approx(np.mean([float(vicreg_reference(a, b)) for a, b in pairs]), rel=1e-9)
+    assert float(parts["invariance"]) == pytest.approx(float(((z1 - z2) ** 2).mean()), rel=1e-9)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..distributed import sum_all_reduce_grad, sum_identity_grad
-from .base import Objective, Views, exact, over_pairs, positive
+from .base import TwoViewObjective, exact, positive
 
 EPS = 1e-5  # BatchNorm1d's default
 
@@ -71,18 +71,16 @@ class Settings:
         positive("eps", self.eps, strict=True)
 
 
-class BarlowTwins(Objective):
+class BarlowTwins(TwoViewObjective):
     """Cross-correlation of the two views' standardized projections pushed to the identity; no extra modules."""
 
     name = "barlow_twins"
     title = "Barlow Twins (Zbontar et al. 2021)"
     Settings = Settings
-    pairs_local_crops = True
 
-    def loss(self, views: Views) -> tuple[torch.Tensor, dict]:
-        """The paper's loss; with multi-crop the mean over all pairs (each with its own global statistics)."""
-        s = self.settings
-        return over_pairs(lambda a, b: barlow_twins_loss(a, b, s.lambd, s.eps), views.z)
+    def pair(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The paper's loss of one pair, each with its own global statistics."""
+        return barlow_twins_loss(z1, z2, self.settings.lambd, self.settings.eps)
 
 
 OBJECTIVE = BarlowTwins

@@ -86,6 +86,20 @@ class Objective(nn.Module):
         """Called after each optimizer step, `step` steps done of `total_steps`."""
 
 
+class TwoViewObjective(Objective):
+    """An objective defined on one pair of projections; multi-crop's small views are paired with both large ones."""
+
+    pairs_local_crops = True
+
+    def pair(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(loss, parts) of one pair of views."""
+        raise NotImplementedError
+
+    def loss(self, views: Views) -> tuple[torch.Tensor, dict]:
+        """The pair loss of the two large views; with small views the mean over all pairs (see over_pairs)."""
+        return over_pairs(self.pair, views.z)
+
+
 def positive(name: str, value: float, low: float = 0.0, strict: bool = False) -> None:
     """Refuse a setting below `low` (or at it, if strict) with one line naming it."""
     if value < low or (strict and value == low):

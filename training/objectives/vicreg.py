@@ -18,7 +18,7 @@ import torch
 
 from ..distributed import sum_all_reduce_grad, sum_identity_grad
 from .barlow_twins import off_diagonal
-from .base import Objective, Views, exact, over_pairs, positive
+from .base import TwoViewObjective, exact, positive
 
 EPS = 1e-4  # inside the square root of the variance, as main_vicreg.py
 
@@ -58,18 +58,17 @@ class Settings:
             positive(name, getattr(self, name))
 
 
-class VICReg(Objective):
+class VICReg(TwoViewObjective):
     """Variance, invariance and covariance terms on the two views' projections; no extra modules."""
 
     name = "vicreg"
     title = "VICReg (Bardes, Ponce and LeCun 2022)"
     Settings = Settings
-    pairs_local_crops = True
 
-    def loss(self, views: Views) -> tuple[torch.Tensor, dict]:
-        """The authors' loss; with multi-crop the mean over all pairs."""
+    def pair(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The authors' loss of one pair."""
         s = self.settings
-        return over_pairs(lambda a, b: vicreg_loss(a, b, s.sim_coeff, s.std_coeff, s.cov_coeff), views.z)
+        return vicreg_loss(z1, z2, s.sim_coeff, s.std_coeff, s.cov_coeff)
 
 
 OBJECTIVE = VICReg
