@@ -143,8 +143,8 @@ def render_card(config: ModelConfig, *, description: str | None = None, tags=())
         body.append(f"| Source | {origin} |")
     body += ["", "## Training", ""] + _training_lines(config.training)
     # The training curves `training export` draws (curves.png); found by kind so the name is spelled in modelfiles only.
-    for name in (f for f in config.files if f.endswith(".png")):
-        body += ["", f"![Training curves: loss and its parts, lr, RankMe, feature std, online kNN by step]({name})"]
+    for picture in (f for f in config.files if f.endswith(".png")):
+        body += ["", f"![Training curves: loss and its parts, lr, RankMe, feature std, online kNN by step]({picture})"]
     body += ["", "## Metrics", "", "### Measured by btembed", ""]
     body += (_metric_table(config.metrics, with_reference=False) if config.metrics
              else ["No metrics have been measured by btembed for this model yet."])

@@ -21,8 +21,8 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 CARD_FILE = "README.md"
 CURVES_FILE = "curves.png"  # a trained model's training curves, shown in its card
-# What a model repo holds; a Hub download fetches only these.
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
+# What a model repo holds; a Hub download fetches only these (the curves when the repo has them: its card shows them).
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, CURVES_FILE)
 
 
 def embedded_dir() -> Path:

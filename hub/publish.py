@@ -12,10 +12,10 @@ from pathlib import Path
 from btembed.card import parse_card
 from btembed.config import ModelConfig
 from btembed.errors import BtembedError
-from btembed.modelfiles import ONNX_FILE, WEIGHTS_FILE, sha256_file
+from btembed.modelfiles import CURVES_FILE, ONNX_FILE, WEIGHTS_FILE, sha256_file
 
-# What a published repo holds, in upload order of importance.
-PUBLISH_FILES = ("config.json", WEIGHTS_FILE, ONNX_FILE, "README.md")
+# What a published repo holds, in upload order of importance (the card shows the training curves when present).
+PUBLISH_FILES = ("config.json", WEIGHTS_FILE, ONNX_FILE, "README.md", CURVES_FILE)
 CARD_KEYS = ("library_name", "pipeline_tag", "license")
 PARITY_TOLERANCE = 1e-4  # fp32 ONNX vs torch, relative L2 per row (the ONNX issue's bar)
 

@@ -86,6 +86,30 @@ def test_curves_show_loss_each_part_lr_rankme_std_and_knn(tmp_path):
     assert "online kNN top-1" not in titles  # no monitor, no empty panel
 
 
+def test_long_noisy_series_get_a_running_mean(tmp_path):
+    from training.plot import draw, running_mean
+    from training.run_summary import read_metrics
+
+    assert running_mean([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+    write_health_log(tmp_path / "run", steps=45, knn=False)
+    axes = [ax for ax in draw(read_metrics(tmp_path / "run"), "long").axes if ax.get_visible()]
+    assert [len(ax.lines) for ax in axes] == [2, 2, 2, 1, 2, 1]  # loss and parts: raw + mean; RankMe: + ceiling
+
+
+def test_collapse_alarms_are_marked_on_every_panel(tmp_path):
+    from training.plot import draw
+    from training.run_summary import read_metrics
+
+    write_health_log(tmp_path / "run", knn=False)
+    rows = read_metrics(tmp_path / "run")
+    rows[3]["alarm"] = ["feature std 0.010 < 0.05"]
+    figure = draw(rows, "alarm")
+    panels_drawn = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(panels_drawn) == 6
+    for ax in panels_drawn:  # axvline draws a line whose x is the alarm's step at both ends
+        assert [list(line.get_xdata()) for line in ax.lines].count([rows[3]["step"]] * 2) == 1
+
+
 def test_plot_command_writes_one_png(tmp_path, capsys):
     from training.__main__ import main
 
@@ -135,6 +159,7 @@ def test_export_puts_the_curves_into_the_card(tmp_path):
     png_size(folder / CURVES_FILE)
     card = (folder / "README.md").read_text()
     assert f"]({CURVES_FILE})" in card and f"| {CURVES_FILE} | `{config.files[CURVES_FILE]}` |" in card
+    assert "Embedder.from_pretrained('path/to/model')" in card  # the card still names the model, not the picture
 
 
 def test_export_without_matplotlib_still_writes_the_model(tmp_path, no_matplotlib):

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from btembed.plotting import new_figure, save_png
 
 from .config import ConfigError
@@ -14,6 +16,7 @@ from .metrics import METRICS
 from .run_summary import part_names, read_metrics
 
 COLUMNS = 4
+SMOOTH_FROM = 30  # points; a longer noisy series gets a running mean drawn over its faint raw values
 
 
 @dataclass
@@ -24,6 +27,7 @@ class Panel:
     steps: list
     values: list
     percent: bool = False  # values are fractions shown as %
+    noisy: bool = False  # per-batch numbers (loss and its parts): smoothed when long
     ceiling: list | None = None  # the largest possible value at each step, drawn dotted (RankMe's)
 
 
@@ -42,11 +46,11 @@ def panels(rows: list[dict]) -> list[Panel]:
     """What the figure shows, in order: loss, each part the objective logged, lr, RankMe, feature std, kNN."""
     train = [r for r in rows if "loss" in r]
     steps = [r["step"] for r in train]
-    names = list(dict.fromkeys(name for r in train for name in part_names(r)))  # a resume never renames parts
-    out = [Panel("loss", steps, [r["loss"] for r in train])]
+    names = list(dict.fromkeys(name for r in train for name in part_names(r)))  # every part any record has
+    out = [Panel("loss", steps, [r["loss"] for r in train], noisy=True)]
     for name in names:
         have = [r for r in train if name in r]
-        out.append(Panel(f"part: {name}", [r["step"] for r in have], [r[name] for r in have]))
+        out.append(Panel(f"part: {name}", [r["step"] for r in have], [r[name] for r in have], noisy=True))
     out.append(Panel("learning rate", steps, [r["lr"] for r in train]))
     # The ceiling grows while the first intervals fill the rankme_samples window.
     ceiling = [r.get("rankme_max") for r in train]
@@ -57,6 +61,12 @@ def panels(rows: list[dict]) -> list[Panel]:
     if knn:
         out.append(Panel("online kNN top-1", [r["step"] for r in knn], [r["knn_top1"] for r in knn], percent=True))
     return out
+
+
+def running_mean(values: list, window: int) -> list:
+    """The mean of each value and the window - 1 before it (fewer at the start)."""
+    sums = np.cumsum([0.0, *values])
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
 
 
 def alarm_steps(rows: list[dict]) -> list[int]:
@@ -76,8 +86,15 @@ def draw(rows: list[dict], title: str):
     alarms = alarm_steps(rows)
     last = max(max(p.steps) for p in shown if p.steps)
     for ax, panel in zip(axes, shown):
-        few = len(panel.steps) < 30  # sparse series (kNN each epoch, short runs) show their points
-        ax.plot(panel.steps, panel.values, marker="o" if few else None, markersize=3, linewidth=1.4)
+        few = len(panel.steps) < SMOOTH_FROM  # sparse series (kNN each epoch, short runs) show their points
+        smooth = panel.noisy and not few
+        ax.plot(panel.steps, panel.values, marker="o" if few else None, markersize=3, linewidth=1.0 if smooth else 1.4,
+                alpha=0.35 if smooth else 1.0, color="tab:blue")
+        if smooth:
+            window = max(3, len(panel.values) // 15)
+            ax.plot(panel.steps, running_mean(panel.values, window), linewidth=1.6, color="tab:blue",
+                    label=f"mean of {window} records")
+            ax.legend(fontsize=7, loc="upper right", frameon=False)
         if panel.ceiling:
             ax.step(panel.steps, panel.ceiling, where="pre", linestyle=":", color="grey", linewidth=1)
         if panel.percent:
