@@ -74,11 +74,10 @@ def _run_ranked(args, opts) -> int:
     try:
         if not group.is_main:
             return serve_rank(group, opts)
-        report = None
         try:
             report = index_folder(args.folder, opts, say=say)
         finally:
-            group.broadcast({"kind": "done"})  # the other ranks wait for work until told there is none
+            group.tell_done()  # the other ranks wait for work until told there is none
         _summarise(report, args)
         return 0
     finally:

@@ -103,9 +103,19 @@ class RankGroup:
         dist.all_gather(parts, padded.to(dev))
         return [json.loads(bytes(p.cpu().numpy()[:int(s.item())])) for p, s in zip(parts, sizes)]
 
+    def tell_done(self) -> None:
+        """Rank 0: tell the ranks waiting for work that there is none (quietly, when some have died)."""
+        try:
+            self.broadcast({"kind": "done"})
+        except Exception:  # noqa: BLE001 - a dead peer: torchrun is stopping the run anyway
+            pass
+
     def leave(self) -> None:
-        """Leave the process group."""
+        """Leave the process group (quietly, when a peer has died)."""
         import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - nothing is left to tell anyone
+            pass

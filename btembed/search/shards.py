@@ -140,8 +140,8 @@ class ShardedEmbed:
         keep = keeps_vector_files(catalog, len(entries), opts.vector_files_above)
         header = {"catalog_uuid": catalog.get("catalog_uuid"), "model_sha256": model.weights_sha256}
         planned = {e.rel: e for e in entries}
-        for shard in shards_in(folder):  # left by a killed run: what still matches is kept
-            self._merge(catalog, shard, planned, gen, keep, report)
+        for shard in shards_in(folder):  # left by a killed run: what still matches is kept (not embedded again)
+            self._merge(catalog, shard, planned, gen, keep, report, embedded_now=False)
         todo = [e for e in entries if e.rel in planned]
         world = self.group.world if self.group else 1
         a = Assignment(secrets.token_hex(4), world, str(folder), str(model.path), model.identity()["model_source"],
@@ -153,13 +153,18 @@ class ShardedEmbed:
             lines = [json.dumps({"path": e.rel, "file": os.path.abspath(e.path), "size": e.size,
                                  "mtime_ns": e.mtime_ns, "phash": e.phash}) for e in split.shard(rank, world).embed]
             a.todo_path(rank).write_text("".join(line + "\n" for line in lines))
-        results, failure = self._embed_everywhere(a, opts)
+        try:
+            results, failure = self._embed_everywhere(a, opts)
+        except Exception as e:  # noqa: BLE001 - a collective failed: a rank died (torchrun stops the rest soon)
+            results, failure = [], CatalogError(
+                f"a rank stopped before its shard was done ({str(e).splitlines()[0]}); what every rank wrote is "
+                "kept: run the same command again to finish")
         for rank in range(world):
             a.todo_path(rank).unlink(missing_ok=True)
             shard = next((s for s in shards_in(folder) if s.records_path.name.startswith(a.shard_name(rank) + ".")),
                          None)
             if shard is not None:
-                self._merge(catalog, shard, planned, gen, keep, report)
+                self._merge(catalog, shard, planned, gen, keep, report, embedded_now=True)
         collect_vector_files(catalog)
         bad = [r for r in results if r.get("error")]
         if failure is not None:
@@ -181,8 +186,10 @@ class ShardedEmbed:
         return (self.group.gather(mine) if self.group else [mine]), failure
 
     @staticmethod
-    def _merge(catalog: Catalog, shard: Shard, planned: dict, gen: int, keep: bool, report) -> None:
-        """Write a shard's records that still match the plan into the catalog, in one transaction."""
+    def _merge(catalog: Catalog, shard: Shard, planned: dict, gen: int, keep: bool, report,
+               embedded_now: bool) -> None:
+        """Write a shard's records that still match the plan into the catalog, in one transaction; report counts
+        the files embedded by this run's ranks (not those a killed run had embedded)."""
         head = shard.header
         if head.get("catalog_uuid") != catalog.get("catalog_uuid") or head.get("model_sha256") != (
                 catalog.get("model_sha256")) or int(head.get("dim", -1)) != (catalog.dim or -1):
@@ -204,7 +211,7 @@ class ShardedEmbed:
                 else:
                     vector = VectorRef(file_id, rec["row"]) if keep else catalog.encode(vectors[rec["row"]])
                     catalog.put(e.rel, e.size, e.mtime_ns, e.phash, gen, vector=vector)
-                    report.embedded += 1
+                    report.embedded += embedded_now
         del vectors
         _discard(catalog, shard)
 

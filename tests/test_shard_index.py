@@ -1,0 +1,130 @@
+"""`btembed index` spread over torchrun ranks (issue 30): two gloo ranks on CPU give what one process gives, and a
+rank killed mid-run loses only what it had not written."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from btembed.search import ImageIndex, IndexOptions, index_folder
+from btembed.search.catalog import CATALOG_FILE, Catalog, VectorRef
+from btembed.search.shardfile import VECTOR_DIR
+
+HERE = Path(__file__).resolve().parent
+
+
+def torchrun(*args) -> subprocess.CompletedProcess:
+    """torchrun --standalone (a free port of its own) --nproc_per_node=2 ARGS, captured."""
+    launcher = Path(sys.executable).with_name("torchrun")
+    cmd = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*cmd, "--standalone", "--nproc_per_node=2", *map(str, args)], capture_output=True,
+                          text=True, timeout=240, env=env)
+
+
+@pytest.fixture(scope="module")
+def photo_set(tmp_path_factory, photo_paths):
+    """Fourteen images in two folders: the photos, crops of them, a byte-identical copy and a broken file."""
+    root = tmp_path_factory.mktemp("shard-photos") / "photos"
+    (root / "sub").mkdir(parents=True)
+    for i, p in enumerate(photo_paths):
+        shutil.copy2(p, root / ("sub" if i % 2 else "") / p.name)
+        with Image.open(p) as img:
+            w, h = img.size
+            img.crop((0, 0, w * 2 // 3, h * 2 // 3)).save(root / f"crop-{p.stem}.png")
+    shutil.copy2(photo_paths[0], root / "sub" / "copy.jpg")
+    (root / "broken.jpg").write_bytes(photo_paths[1].read_bytes()[:300])
+    return root
+
+
+def catalog_state(folder: Path) -> dict:
+    """relative path -> (size, mtime_ns, hash, status, error, vector or None)."""
+    store = folder / ".btembed"
+    catalog = Catalog.open(store / CATALOG_FILE, read_only=True)
+    try:
+        rows = catalog.rows()
+        return {p: (r.size, r.mtime_ns, r.phash, r.status, r.error, catalog.fetch([r.id])[0] if r.ok else None)
+                for p, r in rows.items()}
+    finally:
+        catalog.close()
+
+
+def search_results(folder: Path, queries: list) -> list:
+    """Per query the top 5 as (score rounded, relative path), sorted (equal scores tie in any order)."""
+    index = ImageIndex.open(folder)
+    try:
+        return [sorted((round(h.score, 5), os.path.relpath(h.path, folder)) for h in index.search(q, k=5))
+                for q in queries]
+    finally:
+        index.close()
+
+
+def assert_same_catalog(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for path in a:
+        assert a[path][:5] == b[path][:5], path
+        if a[path][5] is not None:
+            assert np.abs(a[path][5] - b[path][5]).max() <= 1e-6, path
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, photo_set, tiny_model_dir):
+    """The photo set indexed by one process (the reference)."""
+    folder = tmp_path_factory.mktemp("one") / "photos"
+    shutil.copytree(photo_set, folder)
+    index_folder(folder, IndexOptions(model=str(tiny_model_dir), workers=0, batch_size=2))
+    return folder
+
+
+def test_two_gloo_ranks_give_what_one_process_gives(tmp_path, photo_set, one_process, tiny_model_dir):
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_set, folder)  # copy2: same sizes and mtimes, so the same rows
+    p = torchrun("-m", "btembed", "index", folder, "--model", tiny_model_dir, "--workers", 0, "--batch-size", 2,
+                 "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert (report["total"], report["embedded"], report["failed"]) == (13, 12, 1)  # the copy reuses its twin
+    assert_same_catalog(catalog_state(one_process), catalog_state(folder))
+    queries = [f for f in sorted(photo_set.rglob("*.jpg")) if f.name != "broken.jpg"][:4]
+    assert search_results(one_process, queries) == search_results(folder, queries)
+    assert not list((folder / ".btembed" / VECTOR_DIR).glob("*")), "merged shard files are removed"
+
+
+def test_a_killed_rank_loses_only_what_it_had_not_written(tmp_path, photo_set, one_process, tiny_model_dir):
+    folder = tmp_path / "photos"
+    shutil.copytree(photo_set, folder)
+    p = torchrun(HERE / "shard_kill_worker.py", "index", folder, "--model", tiny_model_dir, "--workers", 0,
+                 "--batch-size", 2, "--vector-files-above", 0)
+    assert p.returncode != 0
+    left = list((folder / ".btembed" / VECTOR_DIR).glob("*.jsonl"))
+    assert left, "the ranks' shard files outlive the run"
+    # Another rank count re-plans and keeps what was written; vectors stay in shard files (forced by the flag).
+    report = index_folder(folder, IndexOptions(model=str(tiny_model_dir), workers=0, batch_size=2,
+                                               vector_files_above=0))
+    assert report.total == 13 and report.failed == 1
+    assert report.embedded < 12, "the batch rank 1 wrote before it died was kept"
+    state = catalog_state(folder)
+    assert len(state) == len([f for f in folder.rglob("*") if f.is_file() and ".btembed" not in f.parts])
+    assert_same_catalog(catalog_state(one_process), state)
+    catalog = Catalog.open(folder / ".btembed" / CATALOG_FILE, read_only=True)
+    try:
+        assert isinstance(catalog.outcome("astronaut.jpg").vector, VectorRef)
+    finally:
+        catalog.close()
+    assert not list((folder / ".btembed" / VECTOR_DIR).glob("*.jsonl")), "every leftover shard was merged"
+    queries = [f for f in sorted(photo_set.rglob("*.jpg")) if f.name != "broken.jpg"][:4]
+    assert search_results(one_process, queries) == search_results(folder, queries)
+
+
+def test_index_help_says_how_to_use_torchrun():
+    from btembed.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert "torchrun --nproc_per_node=N -m btembed index DIR" in sub.choices["index"].format_help().replace("\n", " ")
