@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -217,7 +218,7 @@ def _nest_flat_objective_keys(d: dict) -> dict:
                               f"run's objective is {name}; drop it")
         objective[key] = d.pop(key)
         note = f"note: config key {key} is now spelled objective.{key} (objective: {{name: {name}, {key}: ...}})"
-        if note not in _said:
+        if note not in _said and os.environ.get("RANK", "0") == "0":  # once, and not once per torchrun process
             _said.add(note)
             print(note, file=sys.stderr)
     d["objective"] = objective
