@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from btembed.modelfolder import ModelFolder
 from btembed.search.calibrate import GRID
 from conftest import make_model_dir
 
-REAL_REGISTRY = json.loads((sources.Path(sources.__file__).parent / "registry.json").read_text())
+REAL_REGISTRY = json.loads((Path(sources.__file__).parent / "registry.json").read_text())
 
 
 def generated_photo(seed: int) -> Image.Image:
