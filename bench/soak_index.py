@@ -200,7 +200,7 @@ def disk_full_phase(work: Path, model: Path) -> dict:
     second = subprocess.run([*cmd, "--json"], capture_output=True, text=True)
     state = catalog_state(db)
     outcome = {"how": how, "full_catalog_bytes": size, "first_status": first.returncode,
-               "first_message": first.stderr.strip().splitlines()[-1] if first.stderr.strip() else "",
+               "first_message": (first.stderr.strip().splitlines() or [""])[-1].replace(str(work), "<work>"),
                "first_traceback": "Traceback" in first.stderr, "rows_kept_after_full": partial["rows"],
                "integrity_after_full": partial["integrity"], "second_status": second.returncode,
                "second_exact": state["paths"] == on_disk(folder) and state["duplicates"] == 0,
