@@ -214,8 +214,7 @@ class AnnIndex:
         path = Path(path)
         previous = (annfile.read_header(path) or {}).get("info", {}).get("ivfdata")
         annfile.write(self.index, path, {**header, "tier": self.tier, "info": self.info})
-        if self.tier == "ondisk" or previous:
-            ondisk.collect_data_files(path.parent, {self.info.get("ivfdata"), previous})
+        ondisk.collect_data_files(path.parent, {self.info.get("ivfdata"), previous})
 
     @staticmethod
     def read_header(path: str | os.PathLike) -> dict | None:

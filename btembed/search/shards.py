@@ -144,9 +144,10 @@ class ShardedEmbed:
             self._merge(catalog, shard, planned, gen, keep, report, embedded_now=False)
         todo = [e for e in entries if e.rel in planned]
         world = self.group.world if self.group else 1
-        a = Assignment(secrets.token_hex(4), world, str(folder), str(model.path), model.identity()["model_source"],
-                       model.revision, model.weights_sha256, np.dtype(catalog.dtype).name, catalog.dim or
-                       model.config.embedding_dim, header)
+        # Absolute paths: ranks on other nodes see the same shared file system, maybe from another working folder.
+        a = Assignment(secrets.token_hex(4), world, os.path.abspath(folder), os.path.abspath(model.path),
+                       model.identity()["model_source"], model.revision, model.weights_sha256,
+                       np.dtype(catalog.dtype).name, catalog.dim or model.config.embedding_dim, header)
         folder.mkdir(parents=True, exist_ok=True)
         split = Plan(embed=todo)
         for rank in range(world):
