@@ -15,9 +15,10 @@ from ..names import path_fields, shown
 from .ann import AnnConfig, parse_size
 from .catalog import CATALOG_FILE, Catalog, DamagedCatalog
 from .lock import WriterLock
-from .plan import Plan, hash_file, make_plan
+from .plan import Plan, hash_entries, hash_file, make_plan
 from .refresh import index_is_current, saved_tier, sync_ann
-from .shards import ShardedEmbed, keeps_vector_files
+from .shardfile import VECTOR_DIR
+from .shards import ShardedEmbed, hash_across, keeps_vector_files
 from .stamp import ModelStamp
 from .store import collect_old, live_folder, new_generation, open_store, prepare, set_aside, switch_to
 
@@ -208,7 +209,8 @@ def _update(folder: Path, store: Path, live: Path, catalog: Catalog, model, stam
             opts: IndexOptions, say) -> IndexReport:
     """Plan and apply one run into catalog (in folder live), then bring its FAISS file up to date."""
     _record_settings(catalog, root, stamp, opts)
-    plan = make_plan(folder, catalog, opts.retry_errors, opts.prune)
+    hash_many = hash_across(opts.ranks, live / VECTOR_DIR) if opts.ranks is not None else hash_entries
+    plan = make_plan(folder, catalog, opts.retry_errors, opts.prune, hash_many)
     report = IndexReport(store=str(store), model=stamp.model_id, deleted=len(plan.vanished),
                          unchanged=plan.unchanged, skipped=list(plan.skipped), kept=plan.kept_vanished,
                          **plan.counts())

@@ -12,6 +12,7 @@ import posixpath
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from ..errors import CatalogError
 from ..images import not_regular, scan_folder
@@ -148,7 +149,15 @@ def _seen_gone(rel: str, listed: set, unlisted: dict) -> bool:
     return parent not in unlisted
 
 
-def make_plan(folder: Path, catalog: Catalog, retry_errors: bool = False, prune: bool = False) -> Plan:
+def hash_entries(entries: list[Entry]) -> None:
+    """Fill in the content hash (or the error) of every entry that has no error yet, in this process."""
+    for entry in entries:
+        if entry.error is None:
+            entry.phash, entry.error = hash_file(entry.path, entry.size)
+
+
+def make_plan(folder: Path, catalog: Catalog, retry_errors: bool = False, prune: bool = False,
+              hash_many: Callable[[list[Entry]], None] = hash_entries) -> Plan:
     """Walk folder, stat each image file (an unchanged one is not opened), hash the new and changed ones.
 
     A cataloged file is forgotten only when its folder was listed in this walk and it is not there; when every
@@ -195,17 +204,16 @@ def make_plan(folder: Path, catalog: Catalog, retry_errors: bool = False, prune:
         plan.unlisted.append({"folder": folder_rel, "error": cause, "kept": inside})
     if rows and len(plan.vanished) == len(rows) and not prune:
         plan.kept_vanished, plan.vanished = len(rows), []
+    hash_many(todo)  # under torchrun every rank hashes its shard (search/shards.py)
     _sort_by_content(plan, todo, catalog)
     return plan
 
 
 def _sort_by_content(plan: Plan, todo: list[Entry], catalog: Catalog) -> None:
-    """Hash new and changed files; each goes to errors, reuse (a cataloged copy), copies (a copy met earlier in
+    """Sort hashed new and changed files into errors, reuse (a cataloged copy), copies (a copy met earlier in
     this run) or embed. Vanished rows still count as sources: a renamed file's vector lives in its old row."""
     first_of: dict[tuple[int, str], str] = {}
     for entry in todo:
-        if entry.error is None:
-            entry.phash, entry.error = hash_file(entry.path, entry.size)
         if entry.error is not None:
             plan.errors.append(entry)
         elif catalog.vector_for_hash(entry.size, entry.phash) is not None:

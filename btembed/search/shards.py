@@ -22,12 +22,14 @@ import numpy as np
 
 from ..errors import BtembedError, CatalogError
 from .catalog import Catalog, VectorRef
-from .plan import Entry, Plan
+from .plan import Entry, Plan, hash_file
 from .ranks import RankGroup
 from .shardfile import RECORDS_SUFFIX, VECTOR_DIR, Shard, ShardWriter, shards_in
 
 VECTOR_FILES_ABOVE = 4 << 30  # bytes of vectors: ≈ 1 M × 2048-d or 4 M × 512-d float16
 TODO_SUFFIX = ".todo"
+HASH_SUFFIX = ".hash"
+HASH_THREADS = 4  # files read at once per rank: hashing waits on the disk (or network), not on a core
 
 
 def keeps_vector_files(catalog: Catalog, new: int, above: int | None) -> bool:
@@ -113,14 +115,67 @@ def embed_assignment(a: Assignment, rank: int, opts, device: str, progress: bool
     return done
 
 
+def hash_share(folder: str, name: str, rank: int) -> dict:
+    """Hash the files of this rank's hash list (NAME-rR.hash) into NAME-rR.hash.out -> {rank, hashed}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    work = Path(folder) / f"{name}-r{rank}{HASH_SUFFIX}"
+    todo = [json.loads(line) for line in work.read_text().splitlines() if line]
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        hashed = list(pool.map(lambda t: hash_file(Path(t["file"]), t["size"]), todo))
+    lines = [json.dumps({"path": t["path"], "phash": h, "error": err}) for t, (h, err) in zip(todo, hashed)]
+    out = work.with_name(work.name + ".out")
+    out.write_text("".join(line + "\n" for line in lines))
+    return {"rank": rank, "hashed": len(todo)}
+
+
+def hash_across(group: RankGroup, folder: Path):
+    """make_plan's hash_many for rank 0: every rank hashes the new files of its own shard (the ones it will embed,
+    so their bytes may still be in its node's page cache), instead of rank 0 reading all of them alone."""
+    def hash_many(entries: list[Entry]) -> None:
+        todo = [e for e in entries if e.error is None]
+        if not todo:
+            return
+        name = secrets.token_hex(4)
+        folder.mkdir(parents=True, exist_ok=True)
+        split = Plan(embed=todo)
+        for rank in range(group.world):
+            lines = [json.dumps({"path": e.rel, "file": os.path.abspath(e.path), "size": e.size})
+                     for e in split.shard(rank, group.world).embed]
+            (folder / f"{name}-r{rank}{HASH_SUFFIX}").write_text("".join(line + "\n" for line in lines))
+        group.broadcast({"kind": "hash", "folder": os.path.abspath(folder), "name": name})
+        try:
+            mine = hash_share(str(folder), name, 0)
+        except Exception as e:  # noqa: BLE001 - the other ranks still wait for rank 0 in gather
+            mine = {"rank": 0, "error": str(e)}
+        bad = [r for r in group.gather(mine) if r.get("error")]
+        by_rel = {e.rel: e for e in todo}
+        for rank in range(group.world):
+            work = folder / f"{name}-r{rank}{HASH_SUFFIX}"
+            out = work.with_name(work.name + ".out")
+            if out.exists():
+                for line in out.read_text().splitlines():
+                    got = json.loads(line)
+                    by_rel[got["path"]].phash, by_rel[got["path"]].error = got["phash"], got["error"]
+            work.unlink(missing_ok=True)
+            out.unlink(missing_ok=True)
+        if bad:
+            raise CatalogError(f"rank {bad[0]['rank']} could not hash its files: {bad[0]['error']}; nothing was "
+                               "indexed: run the same command again")
+    return hash_many
+
+
 def serve_rank(group: RankGroup, opts) -> int:
-    """A rank other than 0: embed each shard rank 0 hands out until it says the run is over."""
+    """A rank other than 0: hash and embed each share rank 0 hands out until it says the run is over."""
     while True:
         message = group.broadcast()
-        if message.get("kind") != "embed":
+        if message.get("kind") not in ("hash", "embed"):
             return 0
         try:
-            result = embed_assignment(Assignment(**message["assignment"]), group.rank, opts, group.device)
+            if message["kind"] == "hash":
+                result = hash_share(message["folder"], message["name"], group.rank)
+            else:
+                result = embed_assignment(Assignment(**message["assignment"]), group.rank, opts, group.device)
         except BtembedError as e:
             result = {"rank": group.rank, "error": str(e)}
         except Exception as e:  # noqa: BLE001 - reported by rank 0 as one line; this rank keeps its place
