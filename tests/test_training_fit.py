@@ -360,7 +360,7 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     evaluation, manifest, registry = tmp_path / "dev.json", tmp_path / "manifest.json", tmp_path / "registry.json"
     # Measured as a staged copy in two parallel jobs, recorded under the name it ships as.
     proc = run([str(fp32), "--dev", str(labeled.parent), "--tasks", "labeled", "--folds", "2", "--seeds", "0", "1",
-                "--jobs", "2", "--name", "test/ship", "--out", str(evaluation)], module="training.dev_eval")
+                "--jobs", "2", "--name", "test/ship", "--out", str(evaluation)], module="devdata.evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(evaluation.read_text())["rows"]
     assert [r["features"] for r in rows] == ["model", "random-init", "raw32"]  # table order, whatever ended first
@@ -376,7 +376,7 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     before = REGISTRY_PATH.read_bytes()
     proc = run([str(reference_run[0]), "--name", "test/ship", "--folder", "ship", "--eval", str(evaluation),
                 "--data-manifest", str(manifest), "--weights-root", str(tmp_path / "weights"),
-                "--registry", str(registry)], module="training.ship_default")
+                "--registry", str(registry)], module="hub.ship_default")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert REGISTRY_PATH.read_bytes() == before  # the package's own registry is untouched
     shipped = tmp_path / "weights" / "ship"
@@ -403,7 +403,7 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     evaluation.write_text(json.dumps({"seeds": [0], "rows": seed0}))
     proc = run(["--recard", str(shipped), "--name", "test/ship", "--folder", "ship", "--eval", str(evaluation),
                 "--weights-root", str(tmp_path / "weights"), "--registry", str(registry)],
-               module="training.ship_default")
+               module="hub.ship_default")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (shipped / "model.safetensors").read_bytes() == weights
     config = json.loads((shipped / "config.json").read_text())
@@ -416,7 +416,17 @@ def test_dev_eval_then_ship_default_into_a_copy(reference_run, tiny_data, tmp_pa
     registered = read_registry(registry)["models"]["test/ship"]  # the registry carries the new numbers too
     assert registered["metrics"]["dev/labeled/model/linear_top1"]["value"] == round(seed0[0]["linear_top1"], 4)
     # A run and --recard together, or neither, is a usage error.
-    assert run(["--eval", str(evaluation)], module="training.ship_default").returncode == 2
+    assert run(["--eval", str(evaluation)], module="hub.ship_default").returncode == 2
+
+
+@pytest.mark.parametrize("old, new", [("training.dev_eval", "devdata.evaluate"), ("training.devset", "devdata.devset"),
+                                      ("training.offline_photos", "devdata.pool"),
+                                      ("training.ship_default", "hub.ship_default")])
+def test_old_command_names_say_the_new_spelling(old, new):
+    """Moved commands keep their old names as one line that says the new one; training never runs devdata or hub."""
+    proc = run(["X", "--seeds", "0 1"], module=old)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"python -m {new} X --seeds '0 1'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_a_batch_left_with_one_readable_image_stops_with_one_line(tmp_path):

@@ -1,14 +1,16 @@
-"""Old `python -m training.X` names of commands that moved out of training: say the new name, then run it.
+"""Old `python -m training.X` names of commands that moved out of training: they say the new spelling and stop.
 
-Forwarding goes through runpy by module name, so training itself never imports the packages it forwards to.
+They do not run the new command: training never reaches into devdata/ or hub/, not even at run time.
 """
 from __future__ import annotations
 
-import runpy
+import shlex
 import sys
 
 
 def forward(old: str, new: str) -> None:
-    """Print one line with the new spelling, then run `python -m NEW` with the same arguments."""
-    print(f"note: `python -m {old}` is now `python -m {new}` (same arguments); running that", file=sys.stderr)
-    runpy.run_module(new, run_name="__main__", alter_sys=True)
+    """Print one line naming the new command (with the arguments given), then exit with the usage status 2."""
+    args = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(f"training: `python -m {old}` has moved; run `python -m {new}{' ' + args if args else ''}` "
+          "(same arguments)", file=sys.stderr)
+    raise SystemExit(2)

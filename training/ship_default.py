@@ -1,4 +1,4 @@
-"""Moved to `python -m hub.ship_default`; this old name says so and forwards there."""
+"""Moved to `python -m hub.ship_default`; this old name says so."""
 from training.moved import forward
 
 if __name__ == "__main__":
