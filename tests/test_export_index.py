@@ -81,3 +81,23 @@ def test_export_refuses_a_folder_holding_an_export(indexed, tmp_path):
                         "jsonl"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "is not empty; give --out a new or empty folder" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("target, message", [
+    ("photos", "is not empty; give --out a new or empty folder"),  # the indexed folder itself
+    ("ex.jsonl", "is a file; give --out a new or empty folder"),
+    ("missing/out", "(the parent of --out) does not exist"),
+])
+def test_export_refuses_what_is_not_a_new_or_empty_folder(indexed, tmp_path, capsys, target, message):
+    from btembed.cli import main
+
+    out = indexed if target == "photos" else tmp_path / target
+    if target == "ex.jsonl":
+        out.write_text("kept\n")
+    before = sorted(os.listdir(indexed))
+    assert main(["export-index", str(indexed), "--out", str(out), "--format", "jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert sorted(os.listdir(indexed)) == before and not (tmp_path / "missing").exists()
+    assert target != "ex.jsonl" or out.read_text() == "kept\n"
+

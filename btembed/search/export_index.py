@@ -43,13 +43,24 @@ def _parquet_writer():
     return pyarrow, pyarrow.parquet
 
 
+def check_out(out: Path) -> None:
+    """Refuse an out that is not a new or empty folder in an existing one (an export must not mix into other files)."""
+    if out.is_dir():
+        if any(out.iterdir()):
+            raise BtembedError(f"{shown(out)} is not empty; give --out a new or empty folder")
+    elif os.path.lexists(out):
+        raise BtembedError(f"{shown(out)} is a file; give --out a new or empty folder")
+    elif not out.absolute().parent.is_dir():
+        raise BtembedError(f"the folder {shown(out.absolute().parent)} (the parent of --out) does not exist; "
+                           "create it or give --out a folder inside an existing one")
+
+
 def _prepare_out(out: Path) -> None:
-    """Create OUT/img_emb and OUT/metadata; refuse a folder that already holds an export (rows would mix)."""
+    """Create OUT/img_emb and OUT/metadata in the folder check_out accepted."""
+    check_out(out)  # again: the folder may have filled while the catalog was opened
+    out.mkdir(exist_ok=True)
     for sub in ("img_emb", "metadata"):
-        folder = out / sub
-        if folder.is_dir() and any(folder.iterdir()):
-            raise BtembedError(f"{shown(folder)} is not empty; give --out a new or empty folder")
-        folder.mkdir(parents=True, exist_ok=True)
+        (out / sub).mkdir()
 
 
 def _write_metadata(path: Path, columns: dict, fmt: str) -> None:
@@ -75,6 +86,7 @@ def export_index(path: str | os.PathLike, out: str | os.PathLike, fmt: str = "pa
         raise BtembedError(f"unknown format {fmt!r}; use parquet or jsonl")
     if fmt == "parquet":
         _parquet_writer()
+    check_out(Path(out))
     store = locate_store(path, db)
     pin = ReaderPin(store)
     try:
