@@ -178,3 +178,58 @@ def test_calibration_on_photos(photo_paths, tiny_model_dir):
     t, p, r = best_point(result.curve)
     assert (t, p, r) == (result.threshold, result.precision, result.recall) and 0 < p <= 1 and 0 < r <= 1
     assert set(result.metrics("3 photos")) == {"dedup_pair_precision", "dedup_pair_recall"}
+
+
+def test_ties_keep_the_likely_original(tmp_path, photo_paths, tiny_model_dir):
+    root = tmp_path / "photos"
+    root.mkdir()
+    for p in photo_paths[:3]:
+        shutil.copy(p, root / p.name)
+    shutil.copy(root / "coffee.jpg", root / "coffee-copy.jpg")  # byte-identical; sorts before coffee.jpg by path
+    shutil.copy(root / "coffee.jpg", root / "Copy of coffee.jpg")
+    same = 1_600_000_000
+    for name in ("coffee.jpg", "coffee-copy.jpg", "Copy of coffee.jpg"):
+        os.utime(root / name, (same, same))  # equal size and time: the copy markers in the names decide
+    index_with(root, tiny_model_dir)
+    index = ImageIndex.open(root)
+    try:
+        for keep in ("largest", "oldest"):
+            (group,) = [g for g in find_duplicates(index, threshold=0.995, keep=keep).groups if "coffee" in g[0].path]
+            assert group[0].path == "coffee.jpg", keep
+            assert sorted(m.path for m in group[1:]) == ["Copy of coffee.jpg", "coffee-copy.jpg"]
+    finally:
+        index.close()
+    os.utime(root / "coffee.jpg", (same + 60, same + 60))  # now the plain name is the newer file: older wins
+    index_with(root, tiny_model_dir)
+    index = ImageIndex.open(root)
+    try:
+        (group,) = [g for g in find_duplicates(index, threshold=0.995).groups if "coffee" in g[0].path]
+        assert group[0].path == "coffee-copy.jpg"  # older than coffee.jpg, and a shorter path than "Copy of ..."
+    finally:
+        index.close()
+
+
+def test_copy_markers():
+    from btembed.search.dedup import has_copy_marker
+
+    for name in ("a copy.jpg", "a-copy.jpg", "a copy 2.jpg", "Copy of a.jpg", "a (1).jpg", "a(2).png", "a_1.jpg"):
+        assert has_copy_marker(name), name
+    for name in ("a.jpg", "IMG_2034.jpg", "photocopy.jpg", "copies (1)/a.jpg"):
+        assert not has_copy_marker(name), name
+
+
+def test_scores_are_clipped_once_for_text_and_json():
+    from btembed.search.dedup import Member
+
+    member = Member("b.jpg", np.float16(1.0001) + np.float32(0.0001), exact=False, kept=False)
+    assert member.score == 1.0 and f"{member.score:.4f}" == "1.0000" and member.to_dict()["score"] == 1.0
+
+
+def test_keep_and_actions_that_disagree_are_refused(indexed, capsys):
+    from btembed.cli import main
+
+    assert main(["dedup", str(indexed), "--keep", "largest", "--actions", "keep-oldest"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--keep largest" in err and "--actions keep-oldest" in err
+    assert main(["dedup", str(indexed), "--keep", "oldest", "--actions", "keep-oldest", "--threshold", "0.995"]) == 0
+    assert json.loads(capsys.readouterr().out)["rule"] == "keep-oldest"

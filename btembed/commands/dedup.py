@@ -17,8 +17,10 @@ def register(sub) -> None:
                         "threshold, else 0.95)")
     p.add_argument("-k", type=count_at_least(1), default=16, help="neighbours examined per image (default 16)")
     p.add_argument("--db", default=None, help="index folder, when DIR was indexed with --db")
-    p.add_argument("--keep", choices=("largest", "oldest"), default="largest",
-                   help="which copy of a group is kept: most pixels (then bytes), or oldest file (default largest)")
+    p.add_argument("--keep", choices=("largest", "oldest"), default=None,
+                   help="which copy of a group is kept: most pixels (then bytes), or oldest file (default largest); "
+                        "ties go to the older file, then the name without a copy marker such as ' (1)' or "
+                        "' copy'")
     p.add_argument("--json", action="store_true",
                    help='print {"groups": [{"members": [{"path", "score", "exact", "kept"}]}], "blank": [...]}')
     p.add_argument("--html", metavar="REPORT.html", default=None,
@@ -43,7 +45,10 @@ def run(args) -> int:
         raise BtembedError("--threshold is a cosine similarity between -1 and 1")
     if args.output and not args.actions:
         raise BtembedError("-o names the file of --actions; add --actions keep-largest or keep-oldest")
-    keep = args.actions.removeprefix("keep-") if args.actions else args.keep
+    if args.actions and args.keep and args.actions != f"keep-{args.keep}":
+        raise BtembedError(f"--keep {args.keep} and --actions {args.actions} ask for different copies to keep; "
+                           "give one of them")
+    keep = args.actions.removeprefix("keep-") if args.actions else args.keep or "largest"
     index = ImageIndex.open(args.folder, db=args.db)
     try:
         found = find_duplicates(index, args.threshold, k=args.k, keep=keep)

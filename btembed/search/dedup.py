@@ -6,10 +6,16 @@ image most similar to it. So each member is within the threshold of its group's 
 never within the threshold of each other, and a chain a~b~c cannot pull a and c together. Byte-identical files
 always join each other, whatever the threshold. Blank images (one flat colour, e.g. transparent clip-art composited
 on white) look alike to any model: they are reported apart instead of forming one huge group at 1.0.
+
+Which copy is kept (the keep rules): largest = most pixels, then most bytes; oldest = oldest modification time, then
+most pixels and bytes. Ties (byte-identical copies above all) go to the likely original, always the same way: the
+older modification time, then the name without a copy marker (" copy", "-copy", "Copy of ", " (1)", "_1" ...),
+then the shorter path, then path order.
 """
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,6 +30,8 @@ from .search import ImageIndex
 DEFAULT_THRESHOLD = 0.95  # for a model folder whose config records no calibrated duplicate_threshold
 KEEP_RULES = ("largest", "oldest")
 BLANK_RANGE = 2  # an image whose every channel spans at most this many levels is one flat colour
+# what file managers and downloads add to a copy's name: "a copy", "a-copy 2", "Copy of a", "a (1)", "a_1"
+COPY_MARKER = re.compile(r"^copy of |[ _-]copy(?:[ _-]?\d+)?$|[ _-]?\(\d+\)$|[ _-]\d{1,2}$", re.IGNORECASE)
 
 
 @dataclass
@@ -40,10 +48,13 @@ class Member:
     height: int = 0
     mtime_ns: int = 0
 
+    def __post_init__(self):
+        self.score = min(1.0, float(self.score))  # float16 vectors can give 1.0001: one clip for text and JSON
+
     def to_dict(self, root: str | os.PathLike | None = None) -> dict:
         """{path, score, exact, kept}; the path is made absolute under root when given."""
         path = os.path.join(root, self.path) if root is not None else self.path
-        return {**path_fields(path), "score": round(min(1.0, self.score), 6), "exact": self.exact, "kept": self.kept}
+        return {**path_fields(path), "score": round(self.score, 6), "exact": self.exact, "kept": self.kept}
 
 
 @dataclass
@@ -175,18 +186,26 @@ def inspect_file(path: str | os.PathLike) -> FileFacts:
         return FileFacts()
 
 
+def has_copy_marker(path: str) -> bool:
+    """True when the file name looks like a copy's ("a copy.jpg", "a (1).jpg", "Copy of a.jpg", "a_1.jpg")."""
+    return bool(COPY_MARKER.search(os.path.splitext(os.path.basename(path))[0]))
+
+
 def keep_key(rule: str, rows: dict, facts: dict) -> Callable[[int], tuple]:
-    """Sort key putting the image to keep first: most pixels (then bytes), or oldest (then most pixels)."""
+    """Sort key putting the image to keep first (the rule of this module's docstring, ties to the likely original)."""
     if rule not in KEEP_RULES:
         raise BtembedError(f"unknown keep rule {rule!r}; use one of: {', '.join(KEEP_RULES)}")
 
+    def original_first(r) -> tuple:
+        return (has_copy_marker(r.path), len(r.path), r.path)
+
     def largest(i):
         f, r = facts[i], rows[i]
-        return (-f.width * f.height, -r.size, r.path)
+        return (-f.width * f.height, -r.size, r.mtime_ns, *original_first(r))
 
     def oldest(i):
         f, r = facts[i], rows[i]
-        return (r.mtime_ns, -f.width * f.height, r.path)
+        return (r.mtime_ns, -f.width * f.height, -r.size, *original_first(r))
     return largest if rule == "largest" else oldest
 
 
@@ -211,11 +230,13 @@ def model_threshold(index: ImageIndex) -> tuple[float, str]:
 
 
 def find_duplicates(index: ImageIndex, threshold: float | None = None, *, k: int = 16, keep: str = "largest",
-                    graph: NeighbourGraph | None = None, facts: dict | None = None) -> Duplicates:
+                    graph: NeighbourGraph | None = None, facts: dict | None = None,
+                   leave_out: set[str] = frozenset()) -> Duplicates:
     """Groups of near-duplicate images of an indexed folder (see the module docstring for the rule).
 
     threshold: cosine to the kept image; None takes the model's calibrated value (0.95 when it has none).
     graph/facts: reuse a neighbour graph built at a lower floor and per-file facts across calls (the server does).
+    leave_out: relative paths to treat as absent (the server's images that a symlink leads out of the folder).
     """
     source = "--threshold"
     if threshold is None:
@@ -227,7 +248,7 @@ def find_duplicates(index: ImageIndex, threshold: float | None = None, *, k: int
     candidates = [n for n, nb in graph.edges.items() if any(graph.linked(n, m, s, threshold) for m, s in nb.items())]
     paths = index.catalog.paths(candidates)
     rows = {i: index.catalog.lookup(p) for i, p in paths.items()}
-    rows = {i: r for i, r in rows.items() if r is not None and r.ok}  # gone since the graph was built
+    rows = {i: r for i, r in rows.items() if r is not None and r.ok and r.path not in leave_out}  # or gone since
     for i in rows:
         if i not in facts:
             facts[i] = inspect_file(index.root / rows[i].path)
