@@ -55,15 +55,21 @@ def load_checkpoint(path: str | Path):
         with open(path, "rb") as f:
             head = f.read(2)
         if head != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a binary pickle
-            raise ConvertError(f"{path} is not a readable PyTorch checkpoint (not a torch.save file)") from None
+            raise ConvertError(not_a_checkpoint(path)) from None
         named = re.search(r"GLOBAL ([\w.]+)", str(e))
         why = f"it names {named.group(1)}" if named else "it uses pickle instructions outside plain tensors"
         raise ConvertError(f"{path} holds pickled Python objects other than tensors and was refused unread "
                            f"({why}; loading it could run code); use the authors' file or re-save the "
                            "weights as a plain state dict") from None
     except Exception as e:  # foreign bytes make torch's unpickler fail with any of a dozen exception types
-        raise ConvertError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        # The exception says nothing a user can act on (KeyError: 174812789): say what the file must be instead.
+        raise ConvertError(not_a_checkpoint(path)) from None
+
+
+def not_a_checkpoint(path: Path) -> str:
+    """The refusal of a file torch.load cannot read, saying what it must be."""
+    return (f"{path} is not a readable PyTorch checkpoint; give the complete file torch.save wrote with the model's "
+            "weights (such as the authors' resnet50.pth)")
 
 
 def detect_format(obj) -> str:

@@ -30,6 +30,7 @@ AUTHORS_PREPROCESS = PreprocessConfig(input_size=224, resize_size=256, interpola
                                       mean=IMAGENET_MEAN, std=IMAGENET_STD)
 TRUST_FILE = "trusted.json"
 
+REGISTRY_NAMESPACE = "btembed"  # names under btembed/ are the registry's own, never looked up on the Hub
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -142,11 +143,25 @@ def locate(name_or_path=None, *, revision: str | None = None) -> tuple[Path, str
         return folder, text, origin
     if path.exists():
         raise ModelError(f"{text} is a file, not a model folder (a folder with config.json and model.safetensors)")
+    _refuse_unknown_registry_name(text)
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
     if _REPO_ID.match(text) and not looks_like_path:
         return hub_download(text, revision), text, "hub"
     raise ModelError(f"model {text!r} is neither a folder here, a registry name, nor a Hugging Face repo id "
                      "(org/name)")
+
+
+def _refuse_unknown_registry_name(text: str) -> None:
+    """A btembed/NAME the registry lacks is a typo, not a Hub repo: say so before any network attempt."""
+    import difflib
+
+    if not text.startswith(f"{REGISTRY_NAMESPACE}/"):
+        return
+    known = {name.split("/", 1)[-1]: name for name in load_registry().get("models", {})}
+    # Compared without the shared prefix, which would make every name look close.
+    close = difflib.get_close_matches(text.split("/", 1)[1], list(known), n=1, cutoff=0.5)
+    hint = f"did you mean {known[close[0]]}?" if close else "btembed models lists the registry names"
+    raise ModelError(f"{text} is not a registry name; {hint}")
 
 
 # ---- the authors' files: btembed's cache, trust on first use, download, conversion ----
@@ -207,8 +222,10 @@ def _fetch_locked(name: str, entry: dict, home: Path, from_file: str | Path | No
         file, what = _download_source(name, source, home), f"the file downloaded from {source['url']}"
     else:
         file = Path(from_file).expanduser()
+        if file.is_dir():
+            raise ModelError(f"{file} is a folder, not a file; give the downloaded {name} file itself")
         if not file.is_file():
-            raise ModelError(f"{file} does not exist (or is not a file); give the downloaded {name} file")
+            raise ModelError(f"{file} does not exist; give the downloaded {name} file")
         what = str(file)
     try:
         digest = _check_file(name, source, file, what)

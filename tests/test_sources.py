@@ -415,3 +415,49 @@ def test_mirror_replaces_scheme_and_host(monkeypatch):
     monkeypatch.setenv("BTEMBED_MODEL_MIRROR", "models.internal")
     with pytest.raises(ModelError, match="BTEMBED_MODEL_MIRROR"):
         download_module.mirrored(url)
+
+
+# ---------------------------------------------------------------- names and files a user mistypes
+
+@pytest.mark.parametrize("name, offline, hint", [
+    ("btembed/r5", "", "did you mean btembed/r50?"),
+    ("btembed/vicreg", "1", "did you mean btembed/vicreg-r50?"),
+])
+def test_a_mistyped_registry_name_is_named_before_any_hub_attempt(tmp_path, name, offline, hint):
+    env = {**os.environ, "HF_HUB_OFFLINE": offline, "BTEMBED_CACHE": str(tmp_path / "cache"),
+           "HF_HUB_CACHE": str(tmp_path / "hf")}
+    env.pop("BTEMBED_REGISTRY", None)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    out = subprocess.run([sys.executable, "-c", NO_NETWORK_CLI, "embed", str(tmp_path / "a.png"), "-o",
+                          str(tmp_path / "v"), "--model", name], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        f"btembed embed: error: {name} is not a registry name; {hint}"], out.stderr
+
+
+def test_a_name_outside_the_btembed_namespace_still_goes_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("BTEMBED_REGISTRY", raising=False)
+    with pytest.raises(ModelError, match="not in the local Hugging Face cache"):
+        sources.locate("someorg/r5")
+
+
+def test_models_fetch_from_a_folder_says_it_is_a_folder(tmp_path, monkeypatch, capsys):
+    from btembed.cli import main
+
+    monkeypatch.setenv("BTEMBED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("BTEMBED_REGISTRY", raising=False)
+    (tmp_path / "photos").mkdir()
+    assert main(["models", "fetch", R50, "--from", str(tmp_path / "photos")]) == 1
+    assert f"{tmp_path / 'photos'} is a folder, not a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("junk", [b"PK\x03\x04" + bytes(range(256)) * 2, b"hello, not a checkpoint" * 20])
+def test_junk_checkpoint_says_what_the_file_must_be(tmp_path, junk):
+    from btembed.convert import ConvertError, load_checkpoint
+
+    (tmp_path / "junk.pth").write_bytes(junk)
+    with pytest.raises(ConvertError) as e:
+        load_checkpoint(tmp_path / "junk.pth")
+    assert str(e.value) == (f"{tmp_path / 'junk.pth'} is not a readable PyTorch checkpoint; give the complete file "
+                            "torch.save wrote with the model's weights (such as the authors' resnet50.pth)")
