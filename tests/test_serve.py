@@ -46,11 +46,11 @@ def jpeg_bytes(path, size=None) -> bytes:
 
 def test_info_and_paged_images(client):
     info = client.get("/api/info").json()
-    assert info["images"] == 9 and info["dim"] == 512 and info["model"]
+    assert info["images"] == 8 and info["dim"] == 512 and info["model"]  # link-out.jpg is not served
     first = client.get("/api/images", params={"offset": 0, "limit": 4}).json()
     rest = client.get("/api/images", params={"offset": 4, "limit": 100}).json()
     paths = [i["path"] for i in first["items"] + rest["items"]]
-    assert first["total"] == 9 and len(first["items"]) == 4 and paths == sorted(paths)
+    assert first["total"] == 8 and len(first["items"]) == 4 and paths == sorted(paths)
     assert "copies/astronaut (1).jpg" in paths
 
 
@@ -58,7 +58,8 @@ def test_search_by_path_matches_the_library_order(client, folder):
     doc = client.get("/api/search", params={"path": "coffee.jpg", "k": 5}).json()
     index = ImageIndex.open(folder)
     try:
-        want = [(os.path.relpath(h.path, folder), round(h.score, 6)) for h in index.search(folder / "coffee.jpg", 5)]
+        want = [(os.path.relpath(h.path, folder), round(h.score, 6)) for h in index.search(folder / "coffee.jpg", 6)]
+        want = [w for w in want if w[0] != "link-out.jpg"][:5]  # indexed, but it leads out of the folder
     finally:
         index.close()
     assert doc["query"] == "coffee.jpg"
@@ -155,3 +156,95 @@ def test_unindexed_folder_and_other_model_are_refused(tmp_path, folder):
     other = make_model_dir(tmp_path / "other-r18", seed=1)
     with pytest.raises(CatalogError, match="indexed with model"):
         create_app(folder, model=str(other))
+
+
+def test_a_link_out_of_the_folder_is_left_out_and_its_404_says_why(client, folder):
+    index = ImageIndex.open(folder)
+    try:
+        assert index.catalog.lookup("link-out.jpg").ok  # indexed: the walk follows links
+    finally:
+        index.close()
+    listed = [i["path"] for i in client.get("/api/images", params={"limit": 1000}).json()["items"]]
+    assert "link-out.jpg" not in listed and len(listed) == 8
+    found = client.get("/api/search", params={"path": "coffee.jpg", "k": 8}).json()["results"]
+    assert len(found) == 8 and "link-out.jpg" not in [r["path"] for r in found]
+    with open(folder.parent / "outside.jpg", "rb") as f:  # its own picture, uploaded: still not among the results
+        r = client.post("/api/search", files={"image": ("q.jpg", f.read(), "image/jpeg")}, data={"k": "3"})
+    assert len(r.json()["results"]) == 3 and "link-out.jpg" not in [h["path"] for h in r.json()["results"]]
+    groups = client.get("/api/duplicates", params={"threshold": -1.0}).json()["groups"]
+    members = [m["path"] for g in groups for m in g["members"]]
+    assert len(members) == 8 and "link-out.jpg" not in members
+    for url in ("/api/search", "/api/thumb"):
+        error = client.get(url, params={"path": "link-out.jpg"}).json()["error"]
+        assert "outside the served folder" in error and "no indexed image" not in error
+
+
+def test_thumbnail_sizes_round_up_to_1024_and_never_enlarge(tmp_path, folder, client):
+    from btembed.serve.thumbs import SIZES, snap_size, thumbnail
+
+    assert [snap_size(s) for s in (16, 64, 65, 600, 1000, 1024)] == [64, 64, 128, 1024, 1024, 1024]
+    assert SIZES[-1] == 1024
+    Image.new("RGB", (1600, 1200), (10, 120, 200)).save(tmp_path / "big.jpg")
+    with Image.open(io.BytesIO(thumbnail(tmp_path / "store", tmp_path, "big.jpg", snap_size(1000)))) as im:
+        assert im.size == (1024, 768)
+    r = client.get("/api/thumb", params={"path": "chelsea.jpg", "size": 1000})
+    with Image.open(folder / "chelsea.jpg") as original, Image.open(io.BytesIO(r.content)) as im:
+        assert im.size == original.size  # smaller than the size asked: its own size, not enlarged
+    assert client.get("/api/thumb", params={"path": "chelsea.jpg", "size": 1025}).status_code == 422
+
+
+def test_a_file_given_as_the_folder_is_named_a_file(folder):
+    with pytest.raises(CatalogError, match="chelsea.jpg is a file, not a folder"):
+        create_app(folder / "chelsea.jpg")
+
+
+def serve_cli(folder, *args):
+    from btembed.cli import main
+
+    return main(["serve", str(folder), "--backend", "torch", *args])
+
+
+def test_port_out_of_range_is_a_usage_error(folder, capsys):
+    for port in ("99999", "-1"):
+        with pytest.raises(SystemExit) as exit:
+            serve_cli(folder, "--port", port)
+        assert exit.value.code == 2
+        err = capsys.readouterr().err
+        assert "0 to 65535" in err and "serving" not in err and "Traceback" not in err
+
+
+def test_bind_errors_are_one_line_and_nothing_says_serving(folder, capsys):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        assert serve_cli(folder, "--port", str(port)) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("btembed serve: error: cannot listen on 127.0.0.1:") and "\n" not in err
+        assert str(port) in err and "another --port" in err
+    finally:
+        busy.close()
+    assert serve_cli(folder, "--host", "8.8.8.8", "--port", "0") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any("serving" in line for line in err)
+    assert err[-1].startswith("btembed serve: error: cannot listen on 8.8.8.8:0") and "--host" in err[-1]
+
+
+def test_the_serving_line_comes_once_the_port_is_bound(folder, capsys, monkeypatch):
+    import socket
+
+    from btembed.serve import server
+
+    seen = {}
+
+    def instead_of_serving(app, sock):  # what a browser would meet once the line is printed
+        seen["said"], seen["port"] = capsys.readouterr().err, sock.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", seen["port"]), timeout=5):
+            seen["accepted"] = True
+
+    monkeypatch.setattr(server, "run_server", instead_of_serving)
+    assert serve_cli(folder, "--port", "0") == 0
+    assert seen["accepted"] and f"serving 8 images of {folder} at http://127.0.0.1:{seen['port']}/" in seen["said"]

@@ -17,7 +17,7 @@ from ..errors import BtembedError, CatalogError
 from ..search.dedup import KEEP_RULES, find_duplicates, model_threshold, neighbour_graph
 from .live import Generation, LiveIndex
 from .query_model import QueryModel
-from .thumbs import snap_size, thumbnail
+from .thumbs import MAX_SIZE, snap_size, thumbnail
 from .uploads import BodyCap, Limits, UploadRejected, open_checked
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -42,17 +42,30 @@ def check_model(live: LiveIndex, model: str | None, revision: str | None) -> Non
 def indexed_path(gen: Generation, rel: str) -> str:
     """rel as a cataloged image inside the folder; anything else (.., absolute, symlinks out, unknown) is 404."""
     norm = posixpath.normpath(rel) if rel else ""
+    if norm in gen.outside:
+        raise HTTPException(404, _outside(rel))
     if not norm or "\0" in norm or norm.startswith(("/", "../")) or norm == ".." or norm not in gen.indexed:
         raise HTTPException(404, f"no indexed image at {rel!r} in this folder")
     root = os.path.realpath(gen.index.root)
-    if not os.path.realpath(os.path.join(root, norm)).startswith(root + os.sep):
-        raise HTTPException(404, f"no indexed image at {rel!r} in this folder")
+    if not os.path.realpath(os.path.join(root, norm)).startswith(root + os.sep):  # became a link since indexing
+        raise HTTPException(404, _outside(rel))
     return norm
 
 
-def _relative(gen: Generation, hits) -> list[dict]:
+def _outside(rel: str) -> str:
+    return f"{rel!r} lies outside the served folder (a symbolic link leads out of it), so it is not served"
+
+
+def _relative(gen: Generation, hits, k: int) -> list[dict]:
+    """The first k hits that are served (not led outside the folder), paths relative to it."""
     root = os.fspath(gen.index.root)
-    return [{"path": Path(os.path.relpath(h.path, root)).as_posix(), "score": round(h.score, 6)} for h in hits]
+    found = [{"path": Path(os.path.relpath(h.path, root)).as_posix(), "score": round(h.score, 6)} for h in hits]
+    return [f for f in found if f["path"] not in gen.outside][:k]
+
+
+def _search(gen: Generation, query, k: int) -> list[dict]:
+    """Neighbours of a path or vector; asks for as many more as there are unserved images, so k still come back."""
+    return _relative(gen, gen.index.search(query, k=k + len(gen.outside)), k)
 
 
 def _duplicates(gen: Generation, threshold: float | None, keep: str):
@@ -62,7 +75,7 @@ def _duplicates(gen: Generation, threshold: float | None, keep: str):
     if gen.cache.get("floor", 2.0) > floor:
         gen.cache["graph"], gen.cache["floor"] = neighbour_graph(gen.index, floor=floor), floor
     return find_duplicates(gen.index, threshold, keep=keep, graph=gen.cache["graph"],
-                           facts=gen.cache.setdefault("facts", {}))
+                           facts=gen.cache.setdefault("facts", {}), leave_out=gen.outside)
 
 
 def _model_threshold(gen: Generation) -> tuple[float, str]:
@@ -130,7 +143,7 @@ def create_app(folder: str | os.PathLike, *, db: str | os.PathLike | None = None
     def search_path(path: str, k: int = Query(10, ge=1, le=MAX_K)):
         def run(gen: Generation):
             rel = indexed_path(gen, path)
-            return {"query": rel, "results": _relative(gen, gen.index.search(str(gen.index.root / rel), k=k))}
+            return {"query": rel, "results": _search(gen, str(gen.index.root / rel), k)}
         return live.call(run)
 
     @app.post("/api/search", summary="The neighbours of an uploaded photo (multipart field 'image')")
@@ -140,7 +153,7 @@ def create_app(folder: str | os.PathLike, *, db: str | os.PathLike | None = None
         stamp = await run_in_threadpool(live.call, lambda g: g.index.catalog.model_stamp())
         embedder = await run_in_threadpool(query_model.get, stamp, live.folder)
         vector = (await run_in_threadpool(embedder.embed, [picture], num_workers=0))[0]
-        hits = await run_in_threadpool(live.call, lambda g: _relative(g, g.index.search(vector, k=k)))
+        hits = await run_in_threadpool(live.call, lambda g: _search(g, vector, k))
         return {"query": image.filename or "upload", "results": hits}
 
     @app.get("/api/duplicates", summary="Near-duplicate groups, the kept image first (as `btembed dedup --json`)")
@@ -153,9 +166,10 @@ def create_app(folder: str | os.PathLike, *, db: str | os.PathLike | None = None
                 keep: str = Query("largest", pattern="^(" + "|".join(KEEP_RULES) + ")$")):
         return live.call(lambda g: _duplicates(g, threshold, keep).actions())
 
-    @app.get("/api/thumb", summary="A JPEG thumbnail of an indexed image (cached under the index folder)",
+    @app.get("/api/thumb", summary="A JPEG thumbnail of an indexed image, its longer side SIZE rounded up to "
+                                   "64/128/256/512/1024 and never enlarged (cached under the index folder)",
              response_class=Response)
-    def thumb(path: str, size: int = Query(256, ge=16, le=1024)):
+    def thumb(path: str, size: int = Query(256, ge=16, le=MAX_SIZE)):
         gen, rel = live.call(lambda g: (g, indexed_path(g, path)))
         try:
             data = thumbnail(live.store, Path(gen.index.root), rel, snap_size(size))

@@ -30,14 +30,32 @@ def index_version(store: Path) -> tuple:
     return (folder.name, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def leading_out(root: str | os.PathLike, paths: list[str]) -> set[str]:
+    """The relative paths that resolve outside root (through a symlinked file or folder)."""
+    real_root = os.path.realpath(root)
+    real_dirs: dict[str, str] = {}  # one realpath per folder; a file costs one lstat unless it is a link
+    out = set()
+    for rel in paths:
+        folder, name = os.path.split(os.path.join(real_root, rel))
+        if folder not in real_dirs:
+            real_dirs[folder] = os.path.realpath(folder)
+        where = os.path.join(real_dirs[folder], name)
+        if os.path.islink(where):
+            where = os.path.realpath(where)
+        if not where.startswith(real_root + os.sep):
+            out.add(rel)
+    return out
+
+
 @dataclass
 class Generation:
     """One opened index and what the server derives from it (built lazily, dropped with it)."""
 
     index: ImageIndex
     version: tuple
-    paths: list[str] = field(default_factory=list)  # the good rows' relative paths, sorted
+    paths: list[str] = field(default_factory=list)  # the good rows' relative paths inside the folder, sorted
     indexed: set[str] = field(default_factory=set)
+    outside: set[str] = field(default_factory=set)  # indexed, but a symlink leads them out of the folder: not served
     cache: dict = field(default_factory=dict)  # per-generation memo: duplicate graph, file facts
 
 
@@ -56,8 +74,10 @@ class LiveIndex:
         version = index_version(self.store)
         index = self._open(self.folder, db=self.db)
         rows = index.catalog.rows()
-        paths = sorted(p for p, r in rows.items() if r.ok)
-        return Generation(index, version, paths, set(paths))
+        good = sorted(p for p, r in rows.items() if r.ok)
+        outside = leading_out(index.root, good)
+        paths = [p for p in good if p not in outside]
+        return Generation(index, version, paths, set(paths), outside)
 
     def _refresh(self) -> Generation:
         """Reopen when an index run has finished since the last look (at most every CHECK_EVERY seconds)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..images import open_image
 
-SIZES = (64, 128, 256, 512)  # served sizes; others round up to the next one (a bounded cache)
+SIZES = (64, 128, 256, 512, 1024)  # served sizes; others round up to the next one (a bounded cache)
+MAX_SIZE = SIZES[-1]  # the API refuses larger requests (422)
 
 
 def snap_size(size: int) -> int:
@@ -23,9 +24,9 @@ def cache_path(store: Path, rel: str, size: int, st: os.stat_result) -> Path:
 
 
 def render(path: Path, size: int) -> bytes:
-    """A JPEG of the upright image, its longer side at most `size` pixels (raises ImageError)."""
+    """A JPEG of the upright image, its longer side at most `size` pixels, never enlarged (raises ImageError)."""
     image = open_image(path, min_size=size)
-    image.thumbnail((size, size))
+    image.thumbnail((size, size))  # only ever shrinks: a smaller photo keeps its own size
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)
     return out.getvalue()
