@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -203,3 +204,30 @@ def test_reuses_the_index_catalog(shapes_dir, tiny_model_dir, tmp_path, capsys):
     # The catalog stores float16 vectors, so the numbers may differ by a hair, not more.
     assert abs(reused["linear"]["top1"] - fresh["linear"]["top1"]) <= 0.02
     assert abs(reused["knn"]["top1"] - fresh["knn"]["top1"]) <= 0.02
+
+
+def test_save_onto_a_file_is_refused_before_any_work(shapes_dir, tmp_path, monkeypatch, capsys):
+    import btembed.probe.data as data
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the folder was scanned before --save was checked")
+
+    monkeypatch.setattr(data, "scan_labeled_folder", no_work)
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(b"not a folder")
+    for target in (photo, photo / "clf"):
+        assert main(["probe", str(shapes_dir), "--save", str(target)]) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "is a file; give --save a new folder" in err, err
+    assert photo.read_bytes() == b"not a folder"
+
+
+def test_save_says_it_once_and_writes_every_file_with_one_mode(shapes_dir, tiny_model_dir, tmp_path, capsys):
+    clf = tmp_path / "clf"
+    assert main(["probe", str(shapes_dir), "--model", str(tiny_model_dir), "--save", str(clf), "--workers", "0",
+                 "--folds", "2"]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("classifier saved to") == 1
+    modes = {p.name: p.stat().st_mode & 0o777 for p in clf.iterdir()}
+    assert modes["classifier.safetensors"] == modes["labels.json"] == modes["classifier.json"], modes
+    assert modes["classifier.safetensors"] == 0o666 & ~os.umask(os.umask(0o022)), modes

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from ..errors import BtembedError
-from . import add_model_args, load_embedder, print_json, say
+from . import add_model_args, count_at_least, load_embedder, print_json, say
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
                     "(weighted k=20, T=0.07; majority k=5). DIR/<class>/* uses stratified k-fold; "
                     "DIR/train/<class>/* + DIR/val/<class>/* uses that split.")
     p.add_argument("folder", help="DIR/<class>/* or DIR/{train,val}/<class>/*")
-    p.add_argument("--folds", type=int, default=5, help="stratified folds for DIR/<class>/* (default 5)")
+    p.add_argument("--folds", type=count_at_least(2), default=5, help="stratified folds for DIR/<class>/* (default 5)")
     p.add_argument("--features", choices=("model", "raw32", "random-init"), default="model",
                    help="model: the --model embeddings (default); raw32: 32x32 RGB pixels (baseline); "
                         "random-init: the --model architecture with random weights (baseline)")
@@ -65,12 +65,14 @@ def run(args) -> int:
     from ..probe.data import (catalog_vectors, class_check, extract_features, feature_identity,
                               scan_labeled_folder)
 
-    if args.folds < 2:
-        raise BtembedError("--folds must be at least 2")
     if args.plot:
         from ..plotting import check_plot_target
 
         check_plot_target(args.plot)  # before the embedding, not after it
+    if args.save:
+        from ..probe.classifier import check_save_target
+
+        check_save_target(args.save)
     if args.save and args.features == "random-init":
         raise BtembedError("--save with --features random-init is not supported: a random-init classifier is a "
                            "baseline number, not something to predict with")
@@ -181,6 +183,4 @@ def render_text(doc: dict, format_confusion) -> str:
     if ds["skipped"]:
         lines += ["", f"skipped {len(ds['skipped'])} unreadable image(s):"]
         lines += [f"  {s['path']}: {s['error']}" for s in ds["skipped"]]
-    if doc["saved"]:
-        lines += ["", f"classifier saved to {doc['saved']}"]
     return "\n".join(lines)

@@ -19,6 +19,26 @@ META = "classifier.json"
 FORMAT = "btembed-linear-classifier/1"
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_save_target(folder: str | os.PathLike) -> None:
+    """Refuse a --save target that save() could not create, before any embedding is spent on it."""
+    path = Path(folder).expanduser()
+    for at in (path, *path.parents):
+        if at.exists():
+            if not at.is_dir():
+                what = f"{at} is a file" if at == path else f"{at}, a parent of {path}, is a file"
+                raise BtembedError(f"{what}; give --save a new folder (or a classifier folder to replace)")
+            if not os.access(at, os.W_OK | os.X_OK):
+                raise BtembedError(f"{at} is not writable; give --save a folder you can write")
+            return
+
+
 @dataclass
 class SavedClassifier:
     """A linear head, its class names, and the identity of the features it was trained on."""
@@ -38,6 +58,7 @@ class SavedClassifier:
         tmp = folder / (WEIGHTS + ".tmp")
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(tmp),
                   metadata={"format": FORMAT})
+        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates it 0600; the JSON files beside it follow the umask
         os.replace(tmp, folder / WEIGHTS)
         meta = {"format": FORMAT, "btembed_version": __version__, "features": self.features,
                 "weight_decay": self.head.weight_decay, "num_classes": len(self.classes),
