@@ -59,7 +59,8 @@ def _calibrate_dedup(args) -> int:
     from .calibrate_dedup import calibrate_dedup
 
     result = calibrate_dedup(args.model, args.photos, record=args.record, name=args.name, registry=args.registry,
-                             count=args.count, seed=args.seed, say=lambda m: print(m, file=sys.stderr))
+                             count=args.count, seed=args.seed, say=lambda m: print(m, file=sys.stderr),
+                             force=args.force)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", default=None, help="registry file (default: btembed/registry.json)")
     p.add_argument("--count", type=int, default=40, help="photos sampled from --photos (default: 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    p.add_argument("--force", action="store_true",
+                   help="record the threshold even below the quality floor (pair precision 0.9, recall 0.5)")
     p.set_defaults(run=_calibrate_dedup)
     return parser
 

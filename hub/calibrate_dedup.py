@@ -7,7 +7,7 @@ from pathlib import Path
 
 from btembed.modelfolder import ModelFolder
 from btembed.search.model_threshold import (SAMPLE_SIZE, CalibrationError, calibrate_model, record_threshold,
-                                            summary)
+                                            summary, too_poor)
 
 from .registry_tools import REGISTRY_PATH, read_registry, record_duplicate_threshold
 
@@ -24,8 +24,12 @@ def registry_name(model: ModelFolder, asked: str, name: str | None, registry: di
 
 
 def calibrate_dedup(model_name: str, photos: str | Path, *, record: bool = False, name: str | None = None,
-                    registry: str | Path | None = None, count: int = SAMPLE_SIZE, seed: int = 0, say=print) -> dict:
-    """Calibrate a model's threshold on a sample of photos; write it where allowed; the result as a dict."""
+                    registry: str | Path | None = None, count: int = SAMPLE_SIZE, seed: int = 0, say=print,
+                    force: bool = False) -> dict:
+    """Calibrate a model's threshold on a sample of photos; write it where allowed; the result as a dict.
+
+    A threshold below the quality floor (model_threshold.too_poor) is refused in one line unless force.
+    """
     model = ModelFolder.resolve(model_name)
     shared = model.shared
     if shared and not record:
@@ -36,6 +40,10 @@ def calibrate_dedup(model_name: str, photos: str | Path, *, record: bool = False
     calibration, dataset, seconds = calibrate_model(model, photos, f"the folder {Path(photos).name}",
                                                     count=count, seed=seed)
     say(f"{model.display_name}: {summary(calibration, dataset)}, {seconds:.1f} s")
+    poor = too_poor(calibration)
+    if poor and not force:
+        raise CalibrationError(f"duplicate threshold not recorded: {poor}, so `btembed dedup` will use 0.95 for "
+                               "this model; calibrate on other photos, or pass --force to record it anyway")
     if shared:
         say(f"config.json of {model.path} left as it is ({shared})")
     else:

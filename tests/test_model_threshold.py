@@ -205,3 +205,50 @@ def test_a_converted_model_takes_the_registry_value(tmp_path, monkeypatch):
     assert model.origin == "cache" and model.config.duplicate_threshold == 0.97
     assert ModelConfig.load(model.path).duplicate_threshold is None  # btembed's cache is not rewritten
     assert os.fspath(model.path).startswith(str(tmp_path / "cache2"))
+
+
+def poor_calibration(monkeypatch, where):
+    """Make calibrate_model (as `where` sees it) return what a 6-step run gave: 0.97 at precision 0.442."""
+    from btembed.search.calibrate import Calibration
+
+    poor = Calibration(threshold=0.97, precision=0.442, recall=0.263, photos=12, curve=[])
+    monkeypatch.setattr(where, "calibrate_model", lambda *a, **k: (poor, "12 photos of test", 0.1))
+
+
+def test_quality_floor():
+    from btembed.search.calibrate import Calibration
+    from btembed.search.model_threshold import too_poor
+
+    assert too_poor(Calibration(0.965, 0.99, 0.95, 30, [])) is None
+    assert "0.442" in too_poor(Calibration(0.97, 0.442, 0.263, 12, []))
+    assert too_poor(Calibration(0.97, 0.95, 0.4, 12, []))  # precise, but misses most copies
+    assert too_poor(Calibration(0.9, 0.85, 0.99, 12, []))  # finds them all, but groups distinct photos too
+
+
+def test_training_export_does_not_record_a_poor_threshold(photos, tmp_path, capsys, monkeypatch):
+    from btembed.search import model_threshold
+    from training.__main__ import main
+
+    poor_calibration(monkeypatch, model_threshold)
+    run = fake_run(tmp_path / "run", photos)
+    assert main(["export", str(run), "--out", str(tmp_path / "model")]) == 0
+    (line,) = said(capsys)
+    assert line.startswith("duplicate threshold not recorded: 0.97") and "0.442" in line and "0.95" in line
+    config = ModelConfig.load(tmp_path / "model")
+    assert config.duplicate_threshold is None and "dedup_pair_precision" not in config.metrics
+
+
+def test_hub_command_refuses_a_poor_threshold_unless_forced(tmp_path, capsys, monkeypatch):
+    import hub.calibrate_dedup
+    from hub.__main__ import main as hub_main
+
+    poor_calibration(monkeypatch, hub.calibrate_dedup)
+    folder = make_model_dir(tmp_path / "mine", input_size=32, resize_size=36)
+    before = (folder / "config.json").read_bytes()
+    assert hub_main(["calibrate-dedup", str(folder), "--photos", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("python -m hub calibrate-dedup: error: duplicate threshold not recorded")
+    assert "0.442" in err and "0.95" in err and "--force" in err
+    assert (folder / "config.json").read_bytes() == before
+    assert hub_main(["calibrate-dedup", str(folder), "--photos", str(tmp_path), "--force"]) == 0
+    assert ModelConfig.load(folder).duplicate_threshold == 0.97

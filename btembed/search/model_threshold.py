@@ -21,6 +21,12 @@ from .calibrate import Calibration, calibrate_threshold
 SAMPLE_SIZE = 40  # photos per calibration: 320 images to embed (each + 7 edits), seconds for a ResNet-18 on a CPU
 MIN_PHOTOS = 10  # fewer distinct photos give too few pairs of different photos to place a threshold by
 TRIES_PER_PHOTO = 3  # unreadable files are skipped, but only so many are tried: a folder of junk ends soon
+# A calibrated threshold replaces the 0.95 fallback only when it is good enough to: below 0.9 pair precision about
+# one proposed removal in ten is a distinct photo (the fallback measured 0.87-0.89 on the default model, so such a
+# number gains nothing), and below 0.5 recall the threshold misses most copies (it sits so high that mostly
+# byte-identical files group). A short or failed run lands under these (6 steps: precision 0.44, recall 0.26).
+MIN_PRECISION = 0.9
+MIN_RECALL = 0.5
 
 
 class CalibrationError(BtembedError):
@@ -74,6 +80,14 @@ def calibrate_model(model: ModelFolder, photos: str | Path, what: str, *, count:
     calibration = calibrate_threshold(embedder, sample)
     dataset = f"{len(sample)} photos (seeded sample, seed {seed}) of {what}"
     return calibration, dataset, time.perf_counter() - started
+
+
+def too_poor(calibration: Calibration) -> str | None:
+    """Why the calibrated threshold is not worth recording (below the quality floor), or None when it is."""
+    if calibration.precision < MIN_PRECISION or calibration.recall < MIN_RECALL:
+        return (f"its pair precision {calibration.precision:.3f} / recall {calibration.recall:.3f} are below the "
+                f"floor of {MIN_PRECISION} / {MIN_RECALL}")
+    return None
 
 
 def record_threshold(model: ModelFolder, calibration: Calibration, dataset: str) -> bool:
