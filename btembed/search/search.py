@@ -64,7 +64,9 @@ class ImageIndex:
         live = pin.folder
         if not (live / CATALOG_FILE).is_file():
             if db is None and not _is_dir(path):
-                raise CatalogError(f"the folder {shown(path)} does not exist; give an indexed folder")
+                what = f"{shown(path)} is a file, not a folder" if os.path.lexists(path) else \
+                    f"the folder {shown(path)} does not exist"
+                raise CatalogError(f"{what}; give an indexed folder")
             raise CatalogError(f"{shown(path)} has no btembed index (no {shown(store / CATALOG_FILE)}); run "
                                f"`btembed index {shown(path)}` first" + (" with the same --db" if db is not None
                                                                           else ""))
