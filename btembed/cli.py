@@ -25,7 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in command_modules():
         importlib.import_module(f".commands.{name}", __package__).register(sub)
+    parser.commands = sub.choices  # name → that command's parser, for its own usage line on a bad option
     return parser
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parsed arguments; a bare `btembed` prints the help and an unknown option shows its command's usage (exit 2)."""
+    if not argv:
+        parser.print_help(sys.stderr)
+        sys.exit(2)
+    # parse_args would report a subcommand's unknown option with the top-level usage, which names no option.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def with_closable_stdout(run: Callable[[], int]) -> int:
@@ -44,6 +57,23 @@ def with_closable_stdout(run: Callable[[], int]) -> int:
         return 0
 
 
+def refuse_unsharded_under_torchrun(command: str) -> int | None:
+    """Under torchrun, the exit status for a command that does not shard (rank 0 says why in one line), else None."""
+    from .commands import SHARDED_COMMANDS
+
+    if command in SHARDED_COMMANDS or "WORLD_SIZE" not in os.environ:
+        return None
+    from .search.ranks import torchrun_ranks
+
+    ranks = torchrun_ranks()
+    if ranks is None:
+        return None
+    if ranks[0] == 0:
+        print(f"btembed {command}: error: {command} does not spread over ranks (only "
+              f"{', '.join(SHARDED_COMMANDS)} do); run it without torchrun", file=sys.stderr)
+    return 1
+
+
 def main(argv=None) -> int:
     """Entry point of the console script."""
     # Every command here is inference beside decode threads: libgomp's default spin-waiting between torch ops
@@ -54,7 +84,10 @@ def main(argv=None) -> int:
         # A file name that is not UTF-8 prints as its raw bytes, as ls and find print it (JSON keeps the rule of
         # btembed.names instead).
         sys.stdout.reconfigure(errors="surrogateescape")
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), sys.argv[1:] if argv is None else list(argv))
+    refused = refuse_unsharded_under_torchrun(args.command)
+    if refused is not None:
+        return refused
     try:
         return with_closable_stdout(lambda: int(args.run(args) or 0))
     except BtembedError as e:

@@ -65,6 +65,10 @@ def test_unreleased_model_offline_fails_fast_with_one_sentence(tmp_path):
     (["embed", "x.jpg", "--workers", "-1"], "argument --workers: must be at least 0, not -1"),
     (["index", "photos", "--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
     (["probe", "photos", "--workers", "two"], "argument --workers: not a whole number: 'two'"),
+    (["search", "photos", "q.jpg", "-k", "0"], "argument -k: must be at least 1, not 0"),
+    (["predict", "clf", "q.jpg", "--top", "0"], "argument --top: must be at least 1, not 0"),
+    (["index", "photos", "--wait", "-1"], "argument --wait: must be 0 or more seconds, not -1"),
+    (["index", "photos", "--bogus"], "btembed index: error: unrecognized arguments: --bogus"),
 ])
 def test_counts_out_of_range_are_usage_errors(args, message, capsys):
     from btembed.cli import main
@@ -93,3 +97,43 @@ def test_openmp_threads_sleep_instead_of_spinning_unless_user_chose(monkeypatch)
     with pytest.raises(SystemExit):
         main(["--version"])
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_bare_btembed_lists_the_commands(capsys):
+    from btembed.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "index" in err and "search" in err and "export-index" in err
+
+
+def test_an_unknown_option_shows_its_commands_usage(capsys):
+    from btembed.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["index", "photos", "--bogus"])
+    assert "usage: btembed index" in capsys.readouterr().err
+
+
+def test_search_of_a_file_says_it_is_a_file(photo_paths, capsys):
+    from btembed.cli import main
+
+    assert main(["search", str(photo_paths[0]), str(photo_paths[1])]) == 1
+    assert capsys.readouterr().err == f"btembed search: error: {photo_paths[0]} is a file, not a folder; give an " \
+                                      "indexed folder\n"
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_commands_that_do_not_shard_are_refused_under_torchrun(rank, photo_paths, monkeypatch, capsys):
+    from btembed.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert main(["search", str(photo_paths[0].parent), str(photo_paths[0])]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no results printed once per rank
+    assert captured.err == ("btembed search: error: search does not spread over ranks (only index, embed do); run it "
+                            "without torchrun\n" if rank == 0 else "")

@@ -412,3 +412,25 @@ def test_search_works_in_a_read_only_index_folder(folder, tiny_model_dir):
             assert sorted(os.listdir(store)) == listing and _file_state(db) == before, case
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(folder)], check=True)
+
+
+def test_exit_status_empty_folder_is_0_with_a_note_and_all_unreadable_is_1(tiny_model_dir, tmp_path, capsys):
+    from btembed.cli import main
+
+    empty, bad = tmp_path / "empty", tmp_path / "bad"
+    empty.mkdir()
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a jpeg")
+    (bad / "b.png").write_bytes(b"")
+    common = ["--model", str(tiny_model_dir), "--workers", "0", "--backend", "torch"]
+    assert main(["index", str(empty), *common]) == 0
+    assert f"no image files found in {empty}" in capsys.readouterr().err
+    assert main(["index", str(bad), *common, "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["failed"] == 2  # the summary still lists what failed
+    assert captured.err.strip().splitlines()[-1] == (f"btembed index: error: nothing in {bad} could be indexed: all 2 "
+                                                     "failed (listed above); fix or remove them and run again")
+    # One good image makes it a completed run with failures listed: 0.
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(bad / "good.png")
+    assert main(["index", str(bad), *common]) == 0
+    assert "no image files found" not in capsys.readouterr().err

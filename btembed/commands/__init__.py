@@ -12,6 +12,9 @@ import sys
 # Every module in this package with a register(subparsers) adds its subcommands; this order comes first in --help,
 # modules not named here follow alphabetically (so a new command needs no edit here).
 HELP_ORDER = ("index", "search", "dedup", "embed", "probe", "predict", "export", "models", "info")
+# Commands that spread their work over torchrun's ranks; the others are refused under torchrun (they would run
+# whole on every rank and print everything once per rank).
+SHARDED_COMMANDS = ("index", "embed")
 
 
 def command_modules() -> list[str]:
@@ -45,6 +48,17 @@ def count_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
         return value
     return parse
+
+
+def seconds_at_least_zero(text: str) -> float:
+    """An argparse type: a duration in seconds, 0 or more (a usage error otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
 
 
 def add_model_args(parser) -> None:

@@ -1,7 +1,8 @@
 """btembed index: bring a folder's catalog and search index up to date (new, changed, renamed, deleted files)."""
 from __future__ import annotations
 
-from . import add_model_args, print_json, say
+from ..errors import BtembedError
+from . import add_model_args, print_json, say, seconds_at_least_zero
 
 
 def register(sub) -> None:
@@ -34,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--vector-files-above", default=None, metavar="SIZE",
                    help="keep vectors in per-shard float16 files (memory-mapped) instead of the catalog once they "
                         "pass SIZE (default 4G; 0: always)")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--wait", type=seconds_at_least_zero, default=0.0, metavar="SECONDS",
                    help="wait this long for another running index of the same folder (default: exit at once)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     add_model_args(p)
@@ -59,8 +60,7 @@ def run(args) -> int:
     if torchrun_ranks() is not None:
         return _run_ranked(args, opts)
     report = index_folder(args.folder, opts, say=say)
-    _summarise(report, args)
-    return 0
+    return _summarise(report, args)
 
 
 def _run_ranked(args, opts) -> int:
@@ -78,14 +78,13 @@ def _run_ranked(args, opts) -> int:
             report = index_folder(args.folder, opts, say=say)
         finally:
             group.tell_done()  # the other ranks wait for work until told there is none
-        _summarise(report, args)
-        return 0
+        return _summarise(report, args)
     finally:
         group.leave()
 
 
-def _summarise(report, args) -> None:
-    """The run's summary on stderr (and as JSON on stdout with --json)."""
+def _summarise(report, args) -> int:
+    """The run's summary on stderr (and as JSON on stdout with --json); the exit status (see docs/index.md)."""
     from ..names import shown
 
     for f in report.failures:
@@ -105,3 +104,10 @@ def _summarise(report, args) -> None:
         f"{shown(report.store)}")
     if args.json:
         print_json(report.to_dict())
+    if report.total == 0 and report.failed:
+        # Every candidate failed: nothing could be done (issue 28's rule), though each one is listed above.
+        raise BtembedError(f"nothing in {shown(args.folder)} could be indexed: all {report.failed} failed (listed "
+                           "above); fix or remove them and run again")
+    if report.total == 0 and not report.failed:
+        say(f"no image files found in {shown(args.folder)}")
+    return 0

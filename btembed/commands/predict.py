@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import BtembedError, ModelError
-from . import add_model_args, print_json, say
+from . import add_model_args, count_at_least, print_json, say
 
 
 def register(sub) -> None:
@@ -12,7 +12,7 @@ def register(sub) -> None:
                                    "classifier folder, or --model) and print the most probable classes.")
     p.add_argument("classifier", help="folder written by btembed probe --save")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--top", type=int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--top", type=count_at_least(1), default=3, help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON on stdout")
     add_model_args(p)
     p.set_defaults(run=run)
@@ -47,8 +47,6 @@ def run(args) -> int:
     from ..probe.data import extract_features, feature_identity
     from .embed import collect_paths
 
-    if args.top < 1:
-        raise BtembedError("--top must be at least 1")
     saved = SavedClassifier.load(args.classifier)
     unreadable: list[dict] = []
     paths = collect_paths(args.images, unreadable)

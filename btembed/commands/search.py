@@ -1,7 +1,7 @@
 """btembed search: the images of an indexed folder most similar to a query image."""
 from __future__ import annotations
 
-from . import print_json, say
+from . import count_at_least, print_json, say
 
 
 def register(sub) -> None:
@@ -11,7 +11,7 @@ def register(sub) -> None:
                                    "file, inside the folder or not).")
     p.add_argument("folder", metavar="DIR", help="the indexed folder")
     p.add_argument("query", metavar="QUERY", help="query image file")
-    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("-k", type=count_at_least(1), default=10, help="number of results (default 10)")
     p.add_argument("--db", default=None, help="index folder, when DIR was indexed with --db")
     p.add_argument("--json", action="store_true",
                    help='print {"query", "results": [{"path", "score"}]} (+ "path_bytes" for names that are not '
@@ -21,13 +21,10 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Search and print ranked paths with scores."""
-    from ..errors import BtembedError
     from ..images import check_readable
     from ..names import path_fields
     from ..search import ImageIndex
 
-    if args.k < 1:
-        raise BtembedError("-k must be at least 1")
     check_readable(args.query, what="the query")
     index = ImageIndex.open(args.folder, db=args.db)
     try:
