@@ -225,7 +225,8 @@ def _fetch_locked(name: str, entry: dict, home: Path, from_file: str | Path | No
         if file.is_dir():
             raise ModelError(f"{file} is a folder, not a file; give the downloaded {name} file itself")
         if not file.is_file():
-            raise ModelError(f"{file} does not exist; give the downloaded {name} file")
+            what = "is not a regular file" if os.path.lexists(file) else "does not exist"
+            raise ModelError(f"{file} {what}; give the downloaded {name} file")
         what = str(file)
     try:
         digest = _check_file(name, source, file, what)
