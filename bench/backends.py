@@ -24,7 +24,7 @@ from btembed.backends.onnx import OnnxBackend, available_cores
 from btembed.backends.torch import TorchBackend
 from btembed.config import ModelConfig
 from btembed.backends.onnx_check import compare
-from btembed.backends.onnx_export import quantize_int8
+from btembed.backends.int8 import quantize_int8
 from btembed.modelfiles import read_weights as load_state_dict
 from btembed.images import find_images
 from btembed.model import Encoder, PixelEncoder

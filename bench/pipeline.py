@@ -102,7 +102,7 @@ def setup_model(work: Path, calibration: list[Path]) -> Path:
         Encoder.from_config({"architecture": "resnet50", "name": "bench/random-r50"}).save_pretrained(folder)
     from btembed.backends.onnx import INT8_FILE, OnnxBackend
     from btembed.config import ModelConfig
-    from btembed.backends.onnx_export import quantize_int8
+    from btembed.backends.int8 import quantize_int8
     from btembed.preprocess import load_pixels
 
     config = ModelConfig.load(folder)

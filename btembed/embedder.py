@@ -137,12 +137,14 @@ class Embedder:
 
     @classmethod
     def from_pretrained(cls, name_or_path=None, *, revision: str | None = None, device: str = "auto",
-                        backend: str = "auto", precision: str = "fp32", load_async: bool = False) -> "Embedder":
+                        backend: str = "auto", precision: str = "auto", load_async: bool = False) -> "Embedder":
         """Load a model: a ModelFolder (used as it is), None → embedded default, a folder, a registry name, or a
         Hugging Face repo id.
 
         load_async=True builds the backend (ONNX session, first-use export) in a background thread, so a
         caller can start decoding images meanwhile; backend errors then surface on first use.
+        precision="auto": int8 on a CPU where the model's parity record vouches for its model.int8.onnx, else fp32
+        (btembed.backends.precision; `embedder.backend.precision_choice` says which and why).
         """
         if isinstance(name_or_path, ModelFolder):
             model = name_or_path

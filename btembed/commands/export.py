@@ -10,11 +10,19 @@ def register(sub) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="model folder, registry name or hub repo id (default: the embedded model)")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="where to write the ONNX file")
-    p.add_argument("--int8", action="store_true", help="static int8 quantization (QDQ), needs --calibration")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantization (QDQ) that keeps the fp32 neighbours, needs --calibration")
     p.add_argument("--calibration", metavar="DIR", default=None,
-                   help="folder of real images to calibrate int8 on (also used for the parity check)")
-    p.add_argument("--max-calibration", type=int, default=128, metavar="N",
-                   help="use at most N calibration images (default 128)")
+                   help="folder of real images (at least 200): three quarters calibrate int8, a quarter is held "
+                        "apart to measure its parity (recorded beside the file); without --int8, the parity check")
+    p.add_argument("--max-images", "--max-calibration", dest="max_images", type=int, default=None, metavar="N",
+                   help="read at most N images of DIR, spread over it (default 400)")
+    p.add_argument("--calibration-method", dest="methods", action="append", default=None,
+                   choices=("MinMax", "Entropy", "Percentile"),
+                   help="try only this calibration method (repeatable; default: all three, the best measured wins)")
+    p.add_argument("--sweep", default="block", choices=("stage", "block", "layer"),
+                   help="granularity of the sensitivity sweep that keeps the most damaging parts in fp32 "
+                        "(default block; layer is finest and slowest)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 or newer)")
     p.add_argument("--revision", default=None, help="hub revision to pin")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -27,13 +35,19 @@ def run(args) -> int:
         args.parser.error("--int8 needs --calibration DIR (a folder of real images)")
     if args.calibration and not args.int8:
         say("note: --calibration without --int8 only feeds the parity check")
-    if args.max_calibration < 1:
-        args.parser.error("--max-calibration must be at least 1")
-    from ..backends.onnx_check import export
+    from ..backends.int8 import CALIBRATION_METHODS, MIN_IMAGES
+    from ..backends.onnx_check import DEFAULT_MAX_IMAGES, export
     from ..backends.onnx_export import DEFAULT_OPSET
 
+    max_images = DEFAULT_MAX_IMAGES if args.max_images is None else args.max_images
+    if args.int8 and max_images < MIN_IMAGES:
+        args.parser.error(f"--max-images must be at least {MIN_IMAGES} for --int8 (a quarter is held apart)")
+    if max_images < 1:
+        args.parser.error("--max-images must be at least 1")
     report = export(args.model, args.onnx, int8=args.int8, calibration=args.calibration, revision=args.revision,
-                    opset=args.opset or DEFAULT_OPSET, max_images=args.max_calibration)
+                    opset=args.opset or DEFAULT_OPSET, max_images=max_images,
+                    methods=tuple(dict.fromkeys(args.methods or CALIBRATION_METHODS)), sweep=args.sweep,
+                    say=say)
     if args.json:
         print_json(report)
         return 0
@@ -44,6 +58,12 @@ def run(args) -> int:
         p = report["parity_vs_torch"]
         say(f"parity vs torch fp32 on {p['images']} images: max relative difference {p['max_relative_diff']:.2e}")
     else:
-        p = report["agreement_vs_fp32"]
-        say(f"int8 vs fp32 on {p['images']} calibration images: min cosine {p['min_cosine']:.4f}")
+        p, q = report["parity_vs_fp32"], report["quantization"]
+        kept = ", ".join(q["kept_fp32"]) or "nothing"
+        say(f"int8: {q['method']} calibration on {report['calibration_images']} images, kept in fp32: {kept}")
+        say(f"parity vs fp32 on {p['images']} held-apart images: recall@10 {p['recall_at_10']:.4f}, mean cosine "
+            f"{p['mean_cosine']:.5f} (min {p['min_cosine']:.4f}) under {report['runtime']}")
+        verdict = ("clears the bar: precision='auto' runs it" if report["passes_bar"] else
+                   "below the bar (recall@10 and mean cosine ≥ 0.99): precision='auto' keeps fp32")
+        say(f"recorded in {report['parity_record']}; {verdict}")
     return 0

@@ -1,0 +1,227 @@
+"""int8 that keeps the neighbours: the parity measure, parity records, precision="auto", the search, the export."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from btembed import Embedder
+from btembed.backends import int8 as int8_module
+from btembed.backends import load_backend, parity
+from btembed.backends.int8 import Int8Choice, hold_apart, search, sweep_units, unit_of
+from btembed.backends.onnx import OnnxBackend
+from btembed.backends.parity import ParityRecord, Runtime, agreement, find_record, recall_at_k, write_record
+from btembed.backends.precision import choose_precision
+from btembed.cli import main
+from btembed.config import ModelConfig
+from btembed.modelfiles import INT8_FILE, sha256_file
+
+from conftest import make_model_dir, skimage_photos
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch):
+    """Every test gets its own btembed cache (parity records land there for shared folders)."""
+    monkeypatch.setenv("BTEMBED_CACHE", str(tmp_path / "user-cache"))
+    return tmp_path / "user-cache"
+
+
+def unit_rows(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_recall_and_cosine_measure_neighbour_agreement():
+    ref = unit_rows(60)
+    same = agreement(ref, ref)
+    assert same["recall_at_10"] == 1.0 and same["mean_cosine"] == pytest.approx(1.0) and same["images"] == 60
+    noisy = ref + 0.3 * unit_rows(60, seed=1)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    worse = agreement(noisy, ref)
+    assert 0 < worse["recall_at_10"] < 1 and worse["min_cosine"] < worse["mean_cosine"] < 1
+    # a shuffled row order is a different set of neighbours altogether
+    assert recall_at_k(ref[::-1].copy(), ref) < 0.5
+
+
+def test_vnni_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f\n")
+    assert not parity.cpu_has_vnni(cpuinfo)
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2 avx_vnni\n")
+    assert parity.cpu_has_vnni(cpuinfo)
+    assert not parity.cpu_has_vnni(tmp_path / "missing")
+
+
+def test_a_quarter_is_held_apart():
+    calibrate, held = hold_apart(203)
+    assert len(held) == 50 and len(calibrate) == 153 and not set(calibrate) & set(held)
+    assert sorted([*calibrate, *held]) == list(range(203))
+
+
+def fake_record(path: Path, recall: float = 0.995, cosine: float = 0.998, runtime: Runtime | None = None):
+    runtime = runtime or Runtime.here()
+    return ParityRecord(sha256_file(path), runtime.onnxruntime, runtime.machine, runtime.vnni, recall, cosine,
+                        cosine - 0.01, images=100, calibration_images=300, calibration_method="MinMax")
+
+
+def test_records_live_beside_the_file_or_in_the_cache(tmp_path, user_cache, monkeypatch):
+    own = tmp_path / "own" / INT8_FILE
+    own.parent.mkdir()
+    own.write_bytes(b"int8 bytes")
+    where = write_record(fake_record(own), own)
+    assert where == own.parent / "model.int8.parity.json"
+    assert find_record(own).recall_at_10 == 0.995
+    other = Runtime("0.0.1", platform.machine(), True)
+    write_record(fake_record(own, 0.9, runtime=other), own)  # another runtime's record is added, not replacing
+    assert find_record(own).recall_at_10 == 0.995 and find_record(own, runtime=other).recall_at_10 == 0.9
+    own.write_bytes(b"other int8 bytes")  # the record describes that very file, not a later one
+    assert find_record(own) is None
+    # a shared (or read-only) folder is never written into: the record goes to btembed's cache
+    shared = tmp_path / "shared" / INT8_FILE
+    shared.parent.mkdir()
+    shared.write_bytes(b"shared int8")
+    monkeypatch.setattr(parity, "shared_location", lambda folder: "a Hugging Face cache snapshot")
+    where = write_record(fake_record(shared), shared)
+    assert where.is_relative_to(user_cache) and not (shared.parent / "model.int8.parity.json").exists()
+    assert find_record(shared).images == 100
+    (shared.parent / "model.int8.parity.json").write_text("{not json")  # a damaged sidecar is no record
+    assert find_record(shared) is not None
+
+
+@pytest.fixture(scope="module")
+def int8_folder(tmp_path_factory):
+    """A tiny random-init model folder with a model.int8.onnx and no parity record.
+
+    The choice reads only the file's bytes and its record, so a copy of the fp32 export stands in for a real int8
+    file (quantizing is tested below, where it is the subject)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("int8")
+    folder = make_model_dir(root / "m", seed=5, input_size=32, resize_size=36)
+    shutil.copy(OnnxBackend(folder, ModelConfig.load(folder), device="cpu").path, folder / INT8_FILE)
+    return folder
+
+
+def test_auto_runs_fp32_without_a_parity_record_and_int8_with_a_passing_one(int8_folder):
+    folder = int8_folder
+    backend = Embedder.from_pretrained(folder, device="cpu").backend  # precision="auto" is the default
+    assert backend.precision == "fp32" and backend.name == "onnx"
+    assert "no parity record" in backend.precision_choice.reason
+    write_record(fake_record(folder / INT8_FILE), folder / INT8_FILE)
+    try:
+        backend = Embedder.from_pretrained(folder, device="cpu").backend
+        assert backend.precision == "int8" and backend.path == folder / INT8_FILE
+        assert "recall@10 0.995" in backend.precision_choice.reason
+        # forced choices stay forced; a GPU or the torch backend keeps fp32
+        assert load_backend("auto", folder, device="cpu", precision="fp32").precision == "fp32"
+        assert choose_precision(folder, backend="torch").precision == "fp32"
+        assert choose_precision(folder, device="cuda").precision == "fp32"
+        write_record(fake_record(folder / INT8_FILE, recall=0.97), folder / INT8_FILE)
+        choice = choose_precision(folder, device="cpu")
+        assert choice.precision == "fp32" and "below the bar" in choice.reason
+        # a record measured under another onnxruntime says nothing about this one
+        here = Runtime.here()
+        (folder / "model.int8.parity.json").unlink()
+        write_record(fake_record(folder / INT8_FILE, runtime=Runtime("0.0.1", here.machine, here.vnni)),
+                     folder / INT8_FILE)
+        assert choose_precision(folder, device="cpu").precision == "fp32"
+    finally:
+        (folder / "model.int8.parity.json").unlink(missing_ok=True)
+    assert load_backend("auto", folder, device="cpu", precision="int8").precision == "int8"
+
+
+def test_sweep_units_follow_the_resnet_modules(int8_folder):
+    import onnx
+
+    assert unit_of("x: trunk: torchvision.models.resnet.ResNet/pixel_encoder.encoder.trunk.bn1: BN", "block") == "stem"
+    path = "pixel_encoder.encoder.trunk.layer2.1: BasicBlock/pixel_encoder.encoder.trunk.layer2.1.bn2: BN"
+    assert [unit_of(path, level) for level in ("stage", "block", "layer")] == ["layer2", "layer2.1", "layer2.1.bn2"]
+    assert unit_of("pixel_encoder: btembed.model.PixelEncoder/add_15", "block") is None  # input normalization
+    fp32 = OnnxBackend(int8_folder, ModelConfig.load(int8_folder), device="cpu").path
+    model = onnx.load(str(fp32))
+    assert list(sweep_units(model, "stage")) == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    blocks = sweep_units(model, "block")
+    assert len(blocks) == 9 and sum(map(len, blocks.values())) == sum(map(len, sweep_units(model, "stage").values()))
+
+
+class FakeQuantizer:
+    """Stands in for Quantizer: 'quantizing' adds noise that keeping unit b in fp32 removes most of."""
+
+    units_noise = {"a": 0.01, "b": 0.2, "c": 0.02}
+
+    def __init__(self, tmp_path, reference):
+        self.workdir, self.pixels, self.config, self.reduce_range = tmp_path, reference, None, False
+        self.kept: list = []
+
+    def units(self, level):
+        return {u: [f"node_{u}"] for u in self.units_noise}
+
+    def quantize(self, method, kept_nodes, out):
+        self.kept = kept_nodes
+        return out
+
+
+def test_search_picks_a_method_then_keeps_the_most_damaging_unit(tmp_path, monkeypatch):
+    reference = unit_rows(120, dim=16)
+    fake = FakeQuantizer(tmp_path, reference)
+    noise = unit_rows(120, dim=16, seed=9)
+
+    def fake_embed(path, config, pixels):
+        level = sum(v for u, v in fake.units_noise.items() if f"node_{u}" not in fake.kept)
+        x = reference + level * noise
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    monkeypatch.setattr(int8_module, "embed_with", fake_embed)
+    choice = search(fake, reference, methods=("MinMax", "Percentile"), level="block", max_kept=1)
+    assert isinstance(choice, Int8Choice) and choice.kept_units == ["b"] and choice.kept_nodes == ["node_b"]
+    assert max(choice.sensitivity, key=choice.sensitivity.get) == "b"
+    assert {t.method for t in choice.trials} == {"MinMax", "Percentile"}
+    with pytest.raises(int8_module.ExportError, match="unknown calibration method"):
+        search(fake, reference, methods=("Best",))
+
+
+def image_folder(folder: Path, n: int) -> Path:
+    """n small distinct PNGs: crops of scikit-image's photos."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = list(skimage_photos().values())
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.2, 0.6))
+        top, left = rng.integers(0, h - side), rng.integers(0, w - side)
+        crop = Image.fromarray(photo[top:top + side, left:left + side]).convert("RGB").resize((72, 72))
+        crop.save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_export_int8_measures_parity_on_held_apart_images_and_records_it(tmp_path, capsys):
+    folder = make_model_dir(tmp_path / "m", seed=2)
+    images = image_folder(tmp_path / "images", 200)
+    out = tmp_path / "out" / INT8_FILE
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["export", str(folder), "--onnx", str(out), "--int8", "--calibration", str(images),
+                     "--calibration-method", "MinMax", "--sweep", "stage", "--json"]) == 0
+    report = json.loads(stdout.getvalue())
+    assert report["calibration_images"] == 150 and report["held_apart_images"] == 50
+    figures = report["parity_vs_fp32"]
+    assert figures["images"] == 50 and 0 < figures["recall_at_10"] <= 1 and figures["mean_cosine"] > 0.9
+    record = find_record(out)
+    assert record is not None and record.int8_sha256 == report["sha256"] == sha256_file(out)
+    assert record.recall_at_10 == pytest.approx(figures["recall_at_10"], abs=1e-4)
+    assert record.passes() == report["passes_bar"]
+    assert Path(report["parity_record"]) == out.parent / "model.int8.parity.json"
+    # fewer than 200 readable images: refused in one line before any quantization
+    few = image_folder(tmp_path / "few", 20)
+    assert main(["export", str(folder), "--onnx", str(tmp_path / "x.onnx"), "--int8", "--calibration",
+                 str(few)]) == 1
+    assert "has 20 readable images; int8 needs at least 200" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
