@@ -23,6 +23,7 @@ from btembed.backends.onnx import OnnxBackend, pick_providers
 from btembed.cli import main
 from btembed.config import ModelConfig
 from btembed.backends.onnx_check import compare
+from btembed.backends.int8 import quantize_int8
 from btembed.backends.onnx_export import read_metadata
 from btembed.modelfiles import sha256_file
 from btembed.preprocess import load_pixels
@@ -185,19 +186,17 @@ def test_export_cache_reused_and_read_only_falls_back(tmp_path, monkeypatch, use
         OnnxBackend(damaged, config)
 
 
-def test_int8_export_close_to_fp32(tmp_path, photos_dir, photo_paths, capsys):
+def test_int8_file_close_to_fp32_and_run_when_forced(tmp_path, photos_dir, photo_paths):
+    """A plain int8 file (quantize_int8) keeps each vector's direction; precision="int8" runs the folder's file.
+    The CLI export with its parity record is tested in test_int8.py."""
     folder = make_model_dir(tmp_path / "m", seed=3)
-    out = tmp_path / "int8.onnx"
-    assert main(["export", str(folder), "--onnx", str(out), "--int8", "--calibration", str(photos_dir),
-                 "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["int8"] and report["calibration_images"] == 6
+    config = ModelConfig.load(folder)
+    out = quantize_int8(OnnxBackend(folder, config, device="cpu").path, tmp_path / "int8.onnx", photos_dir, config)
     onnx.checker.check_model(str(out), full_check=True)
     model = onnx.load(str(out))
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 10
     meta = read_metadata(out)
-    assert meta["input_size"] == "64" and "int8" in meta["quantization"]
-    config = ModelConfig.load(folder)
+    assert meta["input_size"] == "64" and "int8" in meta["quantization"] and meta["calibration_images"] == "6"
     pixels = np.stack([load_pixels(p, config.preprocess) for p in photo_paths])
     int8 = raw_session(out).run(["embedding"], {"pixels": pixels})[0]
     fp32 = Embedder.from_pretrained(folder, backend="torch", device="cpu").backend(pixels)
@@ -219,7 +218,7 @@ def test_cli_errors(tmp_path, capsys):
     empty.mkdir()
     assert main(["export", str(folder), "--onnx", str(tmp_path / "x.onnx"), "--int8", "--calibration",
                  str(empty)]) == 1
-    assert "no readable images" in capsys.readouterr().err
+    assert "has 0 readable images; int8 needs at least 200" in capsys.readouterr().err
     assert main(["export", str(folder), "--onnx", str(tmp_path / "x.onnx"), "--opset", "13"]) == 1
     assert not (tmp_path / "x.onnx").exists()
     capsys.readouterr()
