@@ -4,7 +4,10 @@ parity (recall@10 of each path's neighbours vs torch fp32) on real images.
     python bench/backends.py [--model FOLDER] [--images DIR] [--out bench/results/backends.json]
 
 Paths: torch eager fp32 NCHW, torch channels_last fp32, torch channels_last bf16 (btembed's TorchBackend),
-onnxruntime fp32 and onnxruntime int8 (btembed's OnnxBackend; int8 = static QDQ calibrated on held-out images).
+onnxruntime fp32, onnxruntime int8 plain (MinMax, everything quantized) and int8 as `btembed export --int8`
+makes it (calibration method and fp32 parts chosen by measurement, parity recorded on a held-apart quarter of the
+calibration images), and precision "auto" (what `btembed index` runs by default for this model, and why).
+Calibration images are never in the parity set. Without --images: scikit-image photos and crops of them.
 Timing rounds are interleaved across paths so load from other processes hits every path alike.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from btembed.backends.onnx import OnnxBackend, available_cores
 from btembed.backends.torch import TorchBackend
 from btembed.config import ModelConfig
 from btembed.backends.onnx_check import compare
+from btembed.backends.parity import recall_at_k
 from btembed.backends.int8 import quantize_int8
 from btembed.modelfiles import read_weights as load_state_dict
 from btembed.images import find_images
@@ -31,7 +35,6 @@ from btembed.model import Encoder, PixelEncoder
 from btembed.preprocess import load_pixels
 from results_io import machine, write_result
 
-OFFLINE = Path("../data/offline/train")
 # Clip-art and 28-px Fashion-MNIST are not photos; the rest of the offline pool is wallpapers, sky and textures.
 NOT_PHOTOS = ("openclipart", "fashion")
 SKIMAGE_PHOTOS = ("astronaut", "cat", "chelsea", "coffee", "colorwheel", "hubble_deep_field",
@@ -79,8 +82,14 @@ class NCHWPixelEncoder(PixelEncoder):
         return torch.nn.functional.normalize(self.encoder(x), dim=1)
 
 
-def build_paths(folder: Path, config: ModelConfig, calibration: np.ndarray, workdir: Path) -> dict:
-    """name → callable(uint8 NHWC) → unit vectors, for each path under test."""
+def build_paths(folder: Path, config: ModelConfig, calibration: np.ndarray, workdir: Path,
+                methods: tuple) -> tuple[dict, dict]:
+    """(name → callable(uint8 NHWC) → unit vectors, notes) for each path under test."""
+    from btembed.backends import load_backend
+    from btembed.backends.int8 import MIN_IMAGES
+    from btembed.backends.onnx_check import export_int8
+    from btembed.modelfiles import INT8_FILE, shared_location
+
     encoder = Encoder(config)
     encoder.trunk.load_state_dict(load_state_dict(folder, config))
     nchw = NCHWPixelEncoder(encoder.eval()).eval()
@@ -90,14 +99,27 @@ def build_paths(folder: Path, config: ModelConfig, calibration: np.ndarray, work
         return nchw(torch.from_numpy(pixels)).numpy()
 
     onnx_fp32 = OnnxBackend(folder, config, device="cpu")
-    int8_path = quantize_int8(onnx_fp32.path, workdir / "int8.onnx", calibration, config)
-    return {
+    paths = {
         "torch eager fp32 NCHW": torch_nchw,
         "torch channels_last fp32": TorchBackend(folder, config, device="cpu", precision="fp32"),
         "torch channels_last bf16": TorchBackend(folder, config, device="cpu", precision="bf16"),
         "onnxruntime fp32": onnx_fp32,
-        "onnxruntime int8": OnnxBackend.from_file(int8_path, config, device="cpu"),
+        "onnxruntime int8, plain (MinMax, all quantized)": OnnxBackend.from_file(
+            quantize_int8(onnx_fp32.path, workdir / "plain.int8.onnx", calibration, config), config, device="cpu"),
     }
+    notes = {}
+    if len(calibration) >= MIN_IMAGES:
+        # Into the model folder when it is ours (so precision "auto" sees it), else beside it in the work folder.
+        target = (folder / INT8_FILE if shared_location(folder) is None and not (folder / INT8_FILE).exists()
+                  else workdir / INT8_FILE)
+        notes["export_int8"] = export_int8(onnx_fp32.path, target, calibration, config, workdir / "search",
+                                           methods=methods, say=lambda m: print(m, file=sys.stderr, flush=True))
+        notes["export_int8"]["file"] = str(target)
+        paths["onnxruntime int8, btembed export --int8"] = OnnxBackend.from_file(target, config, device="cpu")
+    auto = load_backend("auto", folder, config, device="cpu", precision="auto")
+    notes["auto"] = {"precision": auto.precision, "reason": auto.precision_choice.reason}
+    paths[f"precision auto (runs {auto.precision})"] = auto
+    return paths, notes
 
 
 def time_paths(paths: dict, batch: np.ndarray, rounds: int, reps: int) -> dict:
@@ -114,17 +136,6 @@ def time_paths(paths: dict, batch: np.ndarray, rounds: int, reps: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def recall_at_k(vectors: np.ndarray, reference: np.ndarray, k: int = 10) -> float:
-    """Mean overlap of each item's k nearest neighbours (itself excluded) under vectors vs under reference."""
-    def neighbours(x):
-        sims = x @ x.T
-        np.fill_diagonal(sims, -np.inf)
-        return np.argsort(-sims, axis=1)[:, :k]
-
-    got, want = neighbours(vectors), neighbours(reference)
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, want)]))
-
-
 def embed_all(fn, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Embed a uint8 array in batches."""
     return np.concatenate([fn(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)])
@@ -133,9 +144,15 @@ def embed_all(fn, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: random-init ResNet-50)")
-    parser.add_argument("--images", type=Path, default=OFFLINE, help="folder of real images for parity")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder of real images for parity and calibration (e.g. the offline pool's train/, "
+                             "`python -m devdata.pool`); default: scikit-image photos and crops of them")
     parser.add_argument("--n-eval", type=int, default=300)
-    parser.add_argument("--n-calibration", type=int, default=64)
+    parser.add_argument("--n-calibration", type=int, default=200,
+                        help="calibration images, never in the parity set (the int8 export needs 200)")
+    parser.add_argument("--int8-method", dest="int8_methods", action="append", default=None,
+                        choices=("MinMax", "Entropy", "Percentile"),
+                        help="calibration methods the int8 export tries (default: all three)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--reps", type=int, default=2)
@@ -153,7 +170,8 @@ def main(argv=None) -> int:
         # Calibration images are held out from the parity set.
         calibration, evaluation = pixels[:args.n_calibration], pixels[args.n_calibration:]
         print(f"images: {source}; calibration {len(calibration)}, parity set {len(evaluation)}", file=sys.stderr)
-        paths = build_paths(folder, config, calibration, tmp)
+        paths, notes = build_paths(folder, config, calibration, tmp,
+                                   tuple(args.int8_methods or ("MinMax", "Entropy", "Percentile")))
 
         batch = evaluation[:args.batch_size]
         seconds = time_paths(paths, batch, args.rounds, args.reps)
@@ -183,6 +201,7 @@ def main(argv=None) -> int:
         print(f"{r['path']:28} {r['img_per_s']:7.1f} {r['speedup_vs_channels_last_fp32']:9.2f} "
               f"{r['recall_at_10_vs_torch_fp32']:9.3f} {r['max_relative_diff']:12.2e} {r['min_cosine']:8.5f}")
     print(f"mean pairwise cosine of the reference vectors: {crowding:.3f}")
+    print(f"precision auto ran {notes['auto']['precision']}: {notes['auto']['reason']}")
     print(f"best at parity ≥ 0.98: {best['path']} ({best['speedup_vs_channels_last_fp32']:.2f}× torch "
           f"channels_last fp32; goal ≥ 1.5×)")
     result = {
@@ -191,7 +210,8 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size, "threads": available_cores(), "rounds": args.rounds, "reps": args.reps,
         "images": source, "n_parity": int(len(evaluation)), "n_calibration": int(len(calibration)),
         "reference": "torch channels_last fp32", "reference_mean_pairwise_cosine": crowding,
-        "rows": rows, "best_at_parity": best["path"],
+        "rows": rows, "best_at_parity": best["path"], "int8_export": notes.get("export_int8"),
+        "auto": notes["auto"],
         "goal_met": best["speedup_vs_channels_last_fp32"] >= 1.5,
         "machine": machine(torch=torch.__version__, onnxruntime=__import__("onnxruntime").__version__),
     }

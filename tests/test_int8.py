@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import platform
 from pathlib import Path
 
@@ -225,3 +224,29 @@ def test_export_int8_measures_parity_on_held_apart_images_and_records_it(tmp_pat
                  str(few)]) == 1
     assert "has 20 readable images; int8 needs at least 200" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_catalog_records_its_precision_and_never_mixes_two(int8_folder, tmp_path):
+    from btembed.errors import CatalogError
+    from btembed.search import IndexOptions, index_folder
+    from btembed.search.catalog import CATALOG_FILE, Catalog
+    from btembed.search.store import live_folder
+
+    photos = image_folder(tmp_path / "photos", 4)
+    said: list = []
+    report = index_folder(photos, IndexOptions(model=str(int8_folder), device="cpu"), say=said.append)
+    assert report.precision == "fp32" and any("no parity record" in line for line in said)
+    (photos / "new.png").write_bytes((photos / "000.png").read_bytes()[:-1] + b"\0")
+    with pytest.raises(CatalogError, match=r"are fp32, this run would add int8 ones; pass --rebuild"):
+        index_folder(photos, IndexOptions(model=str(int8_folder), device="cpu", precision="int8"))
+    report = index_folder(photos, IndexOptions(model=str(int8_folder), device="cpu", precision="int8", rebuild=True))
+    assert report.precision == "int8" and report.embedded == 5
+    # precision="auto" on an existing catalog keeps what it holds, though auto alone would choose fp32 here
+    (photos / "later.png").write_bytes((photos / "001.png").read_bytes())
+    report = index_folder(photos, IndexOptions(model=str(int8_folder), device="cpu"))
+    assert report.precision == "int8"
+    catalog = Catalog.open(live_folder(Path(report.store)) / CATALOG_FILE, read_only=True)
+    try:
+        assert catalog.model_stamp().precision == "int8" and catalog.meta()["precision"] == "int8"
+    finally:
+        catalog.close()

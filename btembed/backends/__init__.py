@@ -9,7 +9,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import ModelError
 from ..modelfolder import ModelFolder
-from .precision import PrecisionChoice, choose_precision, gpu_present  # noqa: F401  (PrecisionChoice: re-exported)
+from .precision import choose_precision, gpu_present
 
 BACKENDS = ("torch", "onnx")
 

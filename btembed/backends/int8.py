@@ -38,7 +38,9 @@ SWEEP_LEVELS = ("stage", "block", "layer")
 CALIBRATOR_OPTIONS = {"MinMax": {}, "Entropy": {"symmetric": False},
                       "Percentile": {"symmetric": False, "percentile": 99.999, "num_bins": 2048}}
 # What the search aims for on the calibration images: above the bar, so held-apart images clear it too.
-SEARCH_MARGIN = 0.004
+SEARCH_MARGIN = 0.002
+# sweep level "auto" takes the finest level with at most this many units (ResNet-18: blocks; ResNet-50: stages).
+MAX_AUTO_UNITS = 10
 TRUNK = re.compile(r"encoder\.trunk\.(layer\d+)(?:\.(\d+))?(?:\.([a-z_]+\d*))?")
 
 
@@ -204,17 +206,27 @@ def embed_with(path: str | Path, config: ModelConfig, pixels: np.ndarray, batch_
     return np.concatenate([backend(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)])
 
 
-def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_METHODS, level: str = "block",
+def sweep_level(quantizer: Quantizer, level: str = "auto") -> str:
+    """The sweep level asked for; 'auto' = the finest level with at most MAX_AUTO_UNITS units (cheap enough)."""
+    if level == "auto":
+        return next((lv for lv in reversed(SWEEP_LEVELS) if len(quantizer.units(lv)) <= MAX_AUTO_UNITS), "stage")
+    if level not in SWEEP_LEVELS:
+        raise ExportError(f"unknown sweep level {level!r}; choose from auto, {', '.join(SWEEP_LEVELS)}")
+    return level
+
+
+def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_METHODS, level: str = "auto",
            max_kept: int | None = None, say: Callable[[str], None] = lambda _m: None) -> Int8Choice:
-    """Choose the calibration method, then keep in fp32 the units whose int8 hurts the neighbours most."""
+    """Choose the calibration method by measurement, then keep in fp32, one unit at a time, the unit whose int8
+    hurts the neighbours most given those already kept (greedy forward selection), until the agreement clears the
+    bar with a margin or max_kept units (default: half of them) are kept."""
     unknown = [m for m in methods if m not in CALIBRATION_METHODS]
     if unknown or not methods:
         raise ExportError(f"unknown calibration method {', '.join(unknown) or '(none)'}; choose from "
                           f"{', '.join(CALIBRATION_METHODS)}")
-    if level not in SWEEP_LEVELS:
-        raise ExportError(f"unknown sweep level {level!r}; choose from {', '.join(SWEEP_LEVELS)}")
+    level = sweep_level(quantizer, level)
     units = quantizer.units(level)
-    max_kept = len(units) // 3 if max_kept is None else max_kept
+    max_kept = len(units) // 2 if max_kept is None else max_kept
     trials: list[Trial] = []
 
     def trial(method: str, kept: tuple) -> Trial:
@@ -230,22 +242,21 @@ def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_M
 
     say(f"calibration methods on {len(quantizer.pixels)} images")
     best = max((trial(m, ()) for m in methods), key=Trial.score)
-    method = best.method
+    method, step_best = best.method, best
     sensitivity: dict[str, float] = {}
     if not best.meets() and max_kept > 0:
-        say(f"sensitivity sweep ({level} level, {len(units)} units, {method})")
-        for unit in units:
-            sensitivity[unit] = trial(method, (unit,)).recall_at_10 - best.recall_at_10
-        ranked = [u for u in sorted(sensitivity, key=sensitivity.get, reverse=True) if sensitivity[u] > 0]
-        kept: tuple = ()
-        for unit in ranked[:max_kept]:
-            kept = (*kept, unit)
-            current = next((t for t in trials if t.method == method and t.kept_fp32 == kept), None) or \
-                trial(method, kept)
-            if current.score() > best.score():
-                best = current
-            if current.meets():
-                break
+        say(f"sensitivity sweep ({level} level, {len(units)} units, {method} calibration)")
+    # Errors made early are carried through every later layer, so a unit's worth depends on what is already kept:
+    # each round measures every remaining unit on top of the kept ones.
+    while not step_best.meets() and len(step_best.kept_fp32) < max_kept:
+        kept = step_best.kept_fp32
+        round_ = [trial(method, (*kept, u)) for u in units if u not in kept]
+        if not sensitivity:
+            sensitivity = {t.kept_fp32[-1]: t.recall_at_10 - best.recall_at_10 for t in round_}
+        step_best = max(round_, key=Trial.score)
+        if step_best.score() <= best.score():
+            break  # no unit helps any more: keeping more in fp32 would only cost speed
+        best = step_best
     kept_units = list(best.kept_fp32)
     return Int8Choice(method, kept_units, [n for u in kept_units for n in units[u]], level, quantizer.reduce_range,
                       trials, sensitivity)

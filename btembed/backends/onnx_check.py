@@ -44,7 +44,7 @@ def compare(got: np.ndarray, reference: np.ndarray) -> dict:
 
 def export(model, out: str | Path, *, int8: bool = False, calibration: str | Path | None = None,
            revision: str | None = None, opset: int = DEFAULT_OPSET, max_images: int = DEFAULT_MAX_IMAGES,
-           methods=CALIBRATION_METHODS, sweep: str = "block", say=None) -> dict:
+           methods=CALIBRATION_METHODS, sweep: str = "auto", max_kept: int | None = None, say=None) -> dict:
     """The `btembed export` job: fp32 (or int8) ONNX file + parity report, as a JSON-ready dict."""
     if int8 and calibration is None:
         raise ExportError("int8 export needs --calibration DIR: a folder of real images to calibrate on")
@@ -64,19 +64,21 @@ def export(model, out: str | Path, *, int8: bool = False, calibration: str | Pat
         pixels = folder_pixels(calibration, config, max_images, MIN_IMAGES)
         with tempfile.TemporaryDirectory(prefix="btembed-export-") as tmp:
             fp32 = export_onnx(encoder, Path(tmp) / "fp32.onnx", config=config, opset=opset)
-            report.update(export_int8(fp32, out, pixels, config, Path(tmp), methods=methods, sweep=sweep, say=say))
+            report.update(export_int8(fp32, out, pixels, config, Path(tmp), methods=methods, sweep=sweep,
+                                      max_kept=max_kept, say=say))
     report["sha256"], report["bytes"] = sha256_file(out), out.stat().st_size
     return report
 
 
 def export_int8(fp32: Path, out: Path, pixels: np.ndarray, config: ModelConfig, workdir: Path, *,
-                methods=CALIBRATION_METHODS, sweep: str = "block", say=None) -> dict:
+                methods=CALIBRATION_METHODS, sweep: str = "auto", max_kept: int | None = None, say=None) -> dict:
     """Quantize with the search of int8.py on 3/4 of the images, measure parity on the quarter held apart, and
     record it for the written file -> the int8 part of the report."""
     say = say or (lambda _m: None)
     calibrate, held = hold_apart(len(pixels))
     quantizer = Quantizer(fp32, workdir, pixels[calibrate], config)
-    choice = search(quantizer, embed_with(fp32, config, pixels[calibrate]), methods=methods, level=sweep, say=say)
+    choice = search(quantizer, embed_with(fp32, config, pixels[calibrate]), methods=methods, level=sweep,
+                    max_kept=max_kept, say=say)
     write_int8(quantizer, choice, out, len(calibrate))
     figures = agreement(embed_with(out, config, pixels[held]), embed_with(fp32, config, pixels[held]))
     record = new_record(out, figures, calibration_images=int(len(calibrate)), calibration_method=choice.method,

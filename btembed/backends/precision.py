@@ -48,7 +48,7 @@ def int8_verdict(folder: Path) -> PrecisionChoice:
     path = folder / INT8_FILE
     if not path.is_file():
         return PrecisionChoice("fp32", f"the model has no {INT8_FILE} (make one with `btembed export MODEL --onnx "
-                                       f"OUT/{INT8_FILE} --int8 --calibration IMAGES`)")
+                                       f"MODEL/{INT8_FILE} --int8 --calibration IMAGES`)")
     here = Runtime.here()
     record = find_record(path, sha256_file(path), here)
     if record is None:

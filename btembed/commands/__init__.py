@@ -72,8 +72,9 @@ def add_model_args(parser) -> None:
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) to pin")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8"),
-                        help="int8 runs the model folder's model.int8.onnx (onnx backend)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                        help="auto (default): int8 on a CPU where the model's parity record vouches for its "
+                             "model.int8.onnx, else fp32 (an existing index keeps its own); int8 runs that file")
 
 
 def load_embedder(args):

@@ -20,9 +20,11 @@ def register(sub) -> None:
     p.add_argument("--calibration-method", dest="methods", action="append", default=None,
                    choices=("MinMax", "Entropy", "Percentile"),
                    help="try only this calibration method (repeatable; default: all three, the best measured wins)")
-    p.add_argument("--sweep", default="block", choices=("stage", "block", "layer"),
-                   help="granularity of the sensitivity sweep that keeps the most damaging parts in fp32 "
-                        "(default block; layer is finest and slowest)")
+    p.add_argument("--sweep", default="auto", choices=("auto", "stage", "block", "layer"),
+                   help="granularity of the sensitivity sweep that keeps the most damaging parts in fp32 (default "
+                        "auto: the finest with at most 10 parts, i.e. blocks of a ResNet-18, stages of a ResNet-50)")
+    p.add_argument("--max-fp32", type=int, default=None, metavar="N",
+                   help="keep at most N sweep parts in fp32 (default: half of them; 0 = no sweep)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 or newer)")
     p.add_argument("--revision", default=None, help="hub revision to pin")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -44,10 +46,12 @@ def run(args) -> int:
         args.parser.error(f"--max-images must be at least {MIN_IMAGES} for --int8 (a quarter is held apart)")
     if max_images < 1:
         args.parser.error("--max-images must be at least 1")
+    if args.max_fp32 is not None and args.max_fp32 < 0:
+        args.parser.error("--max-fp32 must be 0 or more")
     report = export(args.model, args.onnx, int8=args.int8, calibration=args.calibration, revision=args.revision,
                     opset=args.opset or DEFAULT_OPSET, max_images=max_images,
                     methods=tuple(dict.fromkeys(args.methods or CALIBRATION_METHODS)), sweep=args.sweep,
-                    say=say)
+                    max_kept=args.max_fp32, say=say)
     if args.json:
         print_json(report)
         return 0

@@ -47,6 +47,10 @@ def run(args) -> int:
             "btembed_version": config.btembed_version, "metrics": config.metrics}
     if args.verify:
         info["verified"] = verified
+    from ..backends.precision import choose_precision
+
+    choice = choose_precision(folder)  # what `precision="auto"` runs on this machine, and why
+    info["precision"] = {"runs": choice.precision, "why": choice.reason}
     return show(info, args)
 
 
@@ -64,6 +68,8 @@ def show(info: dict, args) -> int:
         lines.append(f"preprocess:    resize {pre['resize_size']} ({pre['interpolation']}), {pre['crop']} crop "
                      f"{pre['input_size']}, mean {list(pre['mean'])}, std {list(pre['std'])}")
     lines.append(f"license:       {info['license'] or '(not set)'}")
+    if info.get("precision"):
+        lines.append(f"precision:     {info['precision']['runs']} under auto: {info['precision']['why']}")
     source = info.get("source") or {}
     if source.get("url"):
         how = ("pinned in the registry" if source.get("sha256_pinned", bool(source.get("sha256")))

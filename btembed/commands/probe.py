@@ -48,7 +48,8 @@ def feature_source(args):
         from ..modelfolder import ModelFolder
 
         config = ModelFolder.resolve(args.model, revision=args.revision).config
-        return random_init_embedder(config, args.seed, args.device, args.precision), None
+        precision = "fp32" if args.precision == "auto" else args.precision  # a random trunk has no int8 file
+        return random_init_embedder(config, args.seed, args.device, precision), None
     embedder = load_embedder(args)
     ref = args.model
     if ref is not None and Path(ref).expanduser().is_dir():

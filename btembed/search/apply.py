@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +42,7 @@ class IndexOptions:
     workers: int | None = None
     backend: str = "auto"
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # auto: a new catalog's precision by choose_precision, an existing one's kept
     vector_dtype: str = "float16"  # how vectors are stored in the catalog (new catalogs only)
     progress: bool | None = None
     ranks: object = None  # a RankGroup under torchrun: the embedding is spread over its ranks (search/shards.py)
@@ -69,6 +69,7 @@ class IndexReport:
     kept: int = 0  # cataloged files that all looked gone and were kept (no --prune)
     store: str = ""
     model: str = ""
+    precision: str = ""  # what the catalog's vectors were embedded at
     tier: str = ""
     seconds: float = 0.0
 
@@ -110,7 +111,7 @@ def _resolve_model(catalog: Catalog | None, opts: IndexOptions, say):
         folder = meta.get("root") or catalog.path.parent
         raise ModelError(f"the model {folder} was indexed with cannot be loaded any more ({e}); pass "
                          "--model with the same weights, or --rebuild --model M to re-embed with another") from None
-    stamp = ModelStamp(**model.identity())
+    stamp = ModelStamp(**model.identity(), precision=_precision(model, recorded, opts, say))
     if recorded is not None and not recorded.same_model(stamp):
         if not opts.rebuild:
             raise CatalogError(
@@ -121,6 +122,23 @@ def _resolve_model(catalog: Catalog | None, opts: IndexOptions, say):
         say(f"--rebuild: discarding {catalog.count() + catalog.count('error')} cataloged files of model "
             f"{recorded.model_id}")
     return model, stamp
+
+
+def _precision(model, recorded: ModelStamp | None, opts: IndexOptions, say) -> str:
+    """The precision this run embeds at: 'auto' keeps the one a catalog holds; a forced other one needs --rebuild."""
+    from ..backends.precision import choose_precision
+
+    same = recorded is not None and not opts.rebuild and recorded.same_model(ModelStamp(**model.identity()))
+    if same and opts.precision == "auto":
+        return recorded.precision
+    choice = choose_precision(model.path, opts.precision, device=opts.device, backend=opts.backend)
+    if same and choice.precision != recorded.precision:
+        raise CatalogError(f"{recorded.model_id} vectors in this index are {recorded.precision}, this run would add "
+                           f"{choice.precision} ones; pass --rebuild to re-embed everything in {choice.precision}, "
+                           f"or --precision {recorded.precision}")
+    if opts.precision == "auto":
+        say(f"precision: {choice.precision} ({choice.reason})")
+    return choice.precision
 
 
 def index_folder(folder: str | os.PathLike, opts: IndexOptions | None = None,
@@ -190,6 +208,7 @@ def _run(folder: Path, store: Path, live: Path, old: Catalog | None, opts: Index
         raise CatalogError(f"the index {store} belongs to folder {recorded_root}, not {root}; pass --rebuild to "
                            "start it over for this folder, or another --db")
     model, stamp = _resolve_model(old, opts, say)
+    opts = replace(opts, precision=stamp.precision)  # every embedder of this run (and every rank) uses this one
     if not opts.rebuild:
         return _update(folder, store, live, old, model, stamp, root, opts, say)
     # Built beside the live catalog and switched to when complete: searches meanwhile use the old one.
@@ -211,7 +230,8 @@ def _update(folder: Path, store: Path, live: Path, catalog: Catalog, model, stam
     _record_settings(catalog, root, stamp, opts)
     hash_many = hash_across(opts.ranks, live / VECTOR_DIR) if opts.ranks is not None else hash_entries
     plan = make_plan(folder, catalog, opts.retry_errors, opts.prune, hash_many)
-    report = IndexReport(store=str(store), model=stamp.model_id, deleted=len(plan.vanished),
+    report = IndexReport(store=str(store), model=stamp.model_id, precision=stamp.precision,
+                         deleted=len(plan.vanished),
                          unchanged=plan.unchanged, skipped=list(plan.skipped), kept=plan.kept_vanished,
                          **plan.counts())
     if plan.kept_vanished:

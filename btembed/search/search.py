@@ -179,6 +179,7 @@ def indexed_model(recorded: ModelStamp, folder, **load):
     """
     from ..embedder import Embedder
 
+    load.setdefault("precision", recorded.precision)  # queries at the precision of the indexed vectors
     try:
         embedder = Embedder.from_pretrained(recorded.model_source, revision=recorded.model_revision, **load)
     except ModelError as e:

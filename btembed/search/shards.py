@@ -62,6 +62,7 @@ class Assignment:
     dtype: str
     dim: int
     header: dict
+    precision: str = "fp32"  # rank 0's choice: every rank embeds at the catalog's precision
 
     def shard_name(self, rank: int) -> str:
         """The shard file name of a rank, without suffix."""
@@ -93,7 +94,7 @@ def embed_assignment(a: Assignment, rank: int, opts, device: str, progress: bool
     done = {"rank": rank, "embedded": 0, "failed": 0}
     if todo:
         embedder = Embedder.from_pretrained(_load_model(a), device=device, backend=opts.backend,
-                                            precision=opts.precision, load_async=True)
+                                            precision=a.precision, load_async=True)
         by_file = {t["file"]: t for t in todo}
         for batch in embedder.embed_batches([t["file"] for t in todo], batch_size=opts.batch_size,
                                             num_workers=opts.workers, progress=progress):
@@ -202,7 +203,8 @@ class ShardedEmbed:
         # Absolute paths: ranks on other nodes see the same shared file system, maybe from another working folder.
         a = Assignment(secrets.token_hex(4), world, os.path.abspath(folder), os.path.abspath(model.path),
                        model.identity()["model_source"], model.revision, model.weights_sha256,
-                       np.dtype(catalog.dtype).name, catalog.dim or model.config.embedding_dim, header)
+                       np.dtype(catalog.dtype).name, catalog.dim or model.config.embedding_dim, header,
+                       precision=opts.precision)
         folder.mkdir(parents=True, exist_ok=True)
         split = Plan(embed=todo)
         for rank in range(world):

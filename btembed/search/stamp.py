@@ -13,6 +13,7 @@ class ModelStamp:
     model_revision: str | None
     model_sha256: str
     dim: int
+    precision: str = "fp32"  # vectors of two precisions are never mixed in one catalog (older catalogs: fp32)
 
     @classmethod
     def from_meta(cls, meta: dict) -> "ModelStamp | None":
@@ -20,7 +21,7 @@ class ModelStamp:
         if not meta.get("dim"):
             return None
         return cls(meta.get("model_id", ""), meta.get("model_source"), meta.get("model_revision"),
-                   meta.get("model_sha256", ""), int(meta["dim"]))
+                   meta.get("model_sha256", ""), int(meta["dim"]), meta.get("precision") or "fp32")
 
     def same_model(self, other: "ModelStamp") -> bool:
         """The one test of "same model": equal width, then equal weights (or equal id+revision without hashes)."""
@@ -33,4 +34,4 @@ class ModelStamp:
     def to_meta(self) -> dict:
         """The meta keys that record it."""
         return {"model_id": self.model_id, "model_source": self.model_source, "model_revision": self.model_revision,
-                "model_sha256": self.model_sha256, "dim": self.dim}
+                "model_sha256": self.model_sha256, "dim": self.dim, "precision": self.precision}
