@@ -237,17 +237,16 @@ def test_auto_backend_choice():
     assert auto_backend("auto", "int8") == "onnx"
 
 
-def test_precision_and_providers(tiny_model_dir):
+def test_precision_and_providers(tiny_model_dir, monkeypatch):
     with pytest.raises(ModelError, match="bf16"):
         OnnxBackend(tiny_model_dir, ModelConfig.load(tiny_model_dir), precision="bf16")
     with pytest.raises(ModelError, match=f"make one with `btembed export {tiny_model_dir} --onnx "):
         OnnxBackend(tiny_model_dir, ModelConfig.load(tiny_model_dir), precision="int8")
-    # the package's own model folder is not written into: the message says to copy it first
-    from btembed.modelfolder import ModelFolder
-
-    default = ModelFolder.resolve(None).path
-    with pytest.raises(ModelError, match=r"has no model.int8.onnx; copy the model folder somewhere of yours"):
-        OnnxBackend(default, ModelConfig.load(default), precision="int8")
+    # a shared folder (package, hub cache snapshot) is not written into: the message says to copy it first
+    with monkeypatch.context() as patch:
+        patch.setattr(onnx_backend, "shared_location", lambda folder: "a Hugging Face cache snapshot")
+        with pytest.raises(ModelError, match=r"has no model.int8.onnx; copy the model folder somewhere of yours"):
+            OnnxBackend(tiny_model_dir, ModelConfig.load(tiny_model_dir), precision="int8")
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert pick_providers("auto", gpu) == gpu
     assert pick_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]

@@ -250,3 +250,19 @@ def test_the_catalog_records_its_precision_and_never_mixes_two(int8_folder, tmp_
         assert catalog.model_stamp().precision == "int8" and catalog.meta()["precision"] == "int8"
     finally:
         catalog.close()
+
+
+def test_the_embedded_default_ships_its_int8_file_and_record():
+    from btembed.modelfolder import ModelFolder
+
+    folder = ModelFolder.resolve(None)
+    int8 = folder.path / INT8_FILE
+    assert folder.config.files[INT8_FILE] == sha256_file(int8)  # vouched for by config.json
+    data = json.loads(parity.sidecar_path(int8).read_text())
+    shipped = [ParityRecord.from_dict(r) for r in data["records"]]
+    assert shipped and all(r.int8_sha256 == sha256_file(int8) and r.passes() for r in shipped)
+    choice = choose_precision(folder.path, device="cpu")
+    if any(r.runtime == Runtime.here() for r in shipped):  # the runtime it was measured under: int8 by default
+        assert choice.precision == "int8" and "recall@10" in choice.reason
+    else:
+        assert choice.precision == "fp32" and "no parity record" in choice.reason
