@@ -26,6 +26,12 @@ TRAINING_FIELDS = (
 )
 
 
+def method_tag(config: ModelConfig) -> str:
+    """The Hub tag of the method that trained the model: the objective a btembed run names, else Barlow Twins."""
+    objective = config.training.get("objective") or {}
+    return str(objective.get("name", "barlow_twins")).replace("_", "-")
+
+
 def card_metadata(config: ModelConfig, tags=()) -> dict:
     """The YAML header of a card as a mapping."""
     datasets = config.training.get("datasets") or []
@@ -33,7 +39,7 @@ def card_metadata(config: ModelConfig, tags=()) -> dict:
         "library_name": "btembed",
         "pipeline_tag": "image-feature-extraction",
         "license": config.license or "other",
-        "tags": list(dict.fromkeys(["btembed", "barlow-twins", "self-supervised", "image-embeddings",
+        "tags": list(dict.fromkeys(["btembed", method_tag(config), "self-supervised", "image-embeddings",
                                     config.architecture, *tags])),
     }
     if datasets:
