@@ -6,11 +6,14 @@ recall@10 against exact search, single-query single-thread latency p50/p99 — f
 
 Vectors: a few thousand real photos and crops of them (scikit-image's and scikit-learn's bundled photos, plus
 devdata.procedural images) are embedded — 512-d with the embedded default model, 2048-d with a RANDOMLY
-INITIALISED ResNet-50 (no trained one is reachable offline) —; a Gaussian mixture with few components and full
-covariances (heavily overlapping) is fitted to each set in its top PCA dimensions, sampled, mapped back with
-Gaussian noise of the variance the PCA left out, and L2-normalised. Held-out queries come from the same mixture.
-Every tier is built by btembed.search.ann.build, the code `btembed index` runs, in its own process (so its peak RAM
-is its own). IVF-PQ tiers re-score candidates from a memory-mapped float16 file, as the catalog's vector files are.
+INITIALISED ResNet-50 (no trained one is reachable offline), whose nearly parallel features get their common
+mean shrunk until random pairs sit at the trained default's cosine (match_spread). A Gaussian mixture with few
+components and full covariances (heavily overlapping) is fitted to each set in its top PCA dimensions, sampled,
+mapped back with Gaussian noise of the variance the PCA left out, and L2-normalised. Held-out queries come from
+the same mixture. Every tier is built by btembed.search.ann.build, the code `btembed index` runs, in its own
+process (so its peak RAM is its own). IVF-PQ tiers re-score candidates from a memory-mapped float16 file, as the
+catalog's vector files are. Latency is wall time and this thread's CPU time (the second ignores preemption by
+other jobs on a shared machine).
 """
 from __future__ import annotations
 
@@ -96,6 +99,29 @@ def real_embeddings(dim: int, work: Path, procedural: int, crops: int) -> np.nda
     return vecs
 
 
+def match_spread(x: np.ndarray, target: float, sample: int = 1000) -> np.ndarray:
+    """x with its common mean shrunk until random pairs have mean cosine `target`, L2-normalised.
+
+    A randomly initialised ResNet-50's features are nearly parallel (random pairs at cosine ≈ 0.998), unlike a
+    trained model's; only their differences carry the images' structure."""
+    mean = x.mean(axis=0)
+    rng = np.random.default_rng(0)
+    pick = x[rng.choice(len(x), min(sample, len(x)), replace=False)] - mean
+
+    def spread(alpha: float) -> float:
+        y = pick + alpha * mean
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
+        sims = y @ y.T
+        return float(sims[~np.eye(len(y), dtype=bool)].mean())
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):  # spread() grows with alpha
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if spread(mid) < target else (lo, mid)
+    y = x - mean + lo * mean
+    return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
 class Mixture:
     """The real vectors' distribution, roughly: a full-covariance Gaussian mixture in their top PCA dimensions,
     independent Gaussians with the PCA's variances in the next ones, isotropic noise for what is left."""
@@ -138,6 +164,9 @@ def neighbour_profile(x: np.ndarray, k: int = 10) -> dict:
 def make_vectors(dim: int, n: int, queries: int, work: Path, args) -> dict:
     """Write work/vectors-DIM.npy (n float16 rows) and queries-DIM.npy; returns how they were made."""
     real = real_embeddings(dim, work, args.procedural, args.crops)
+    if dim != 512:  # the random-init ResNet-50: given the trained default's spread (see match_spread)
+        real = match_spread(real, target=neighbour_profile(real_embeddings(512, work, args.procedural,
+                                                                           args.crops)[:3000])["random_pair"])
     mix = Mixture(real, args.components, args.mixture_dims)
     mm = np.lib.format.open_memmap(work / f"vectors-{dim}.npy", "w+", np.float16, (n, dim))
     for s in range(0, n, 100_000):
@@ -145,10 +174,12 @@ def make_vectors(dim: int, n: int, queries: int, work: Path, args) -> dict:
     mm.flush()
     np.save(work / f"queries-{dim}.npy", mix.sample(queries, seed=10_000))
     m = min(len(real), 3000)
-    return {"real_vectors": len(real), "components": args.components, "mixture_dims": args.mixture_dims,
+    summary = {"real_vectors": len(real), "components": args.components, "mixture_dims": args.mixture_dims,
             "pca_variance_kept": round(float(mix.pca.explained_variance_ratio_.sum()), 4),
             "real_profile": neighbour_profile(real[:m]), "synthetic_profile": neighbour_profile(np.asarray(mm[:m],
                                                                                                       np.float32))}
+    (work / f"data-{dim}.json").write_text(json.dumps(summary))
+    return summary
 
 
 class MemmapSource:
@@ -210,7 +241,7 @@ def build_worker(tier: str, dim: int, work: Path) -> dict:
     n = src.count
     raw = n * (dim * 4 + 8)
     cfg = {"flat": AnnConfig(flat_max_floats=n * dim), "ivf": AnnConfig(flat_max_floats=0),
-           "ivfpq": AnnConfig(flat_max_floats=0, max_memory=raw // 16),
+           "ivfpq": AnnConfig(flat_max_floats=0, max_memory=raw // 8),  # d/4-byte codes, as the on-disk tier
            "ondisk": AnnConfig(flat_max_floats=0, on_disk=True)}[tier]
     folder = work / f"index-{tier}-{dim}"
     folder.mkdir(exist_ok=True)
@@ -256,7 +287,8 @@ def measure_worker(tier: str, dim: int, work: Path, args) -> dict:
             "mapped_pages_touched_mib": round((_status("RssFile") - file_before) / 2**20, 1),
             "recall_at_10": round(recall, 4), "p50_ms": round(float(np.percentile(times, 50)), 3),
             "p99_ms": round(float(np.percentile(times, 99)), 3), "latency_queries": reps,
-            "p50_cpu_ms": round(float(np.percentile(cpu, 50)), 3), "p99_cpu_ms": round(float(np.percentile(cpu, 99)), 3)}
+            "p50_cpu_ms": round(float(np.percentile(cpu, 50)), 3),
+            "p99_cpu_ms": round(float(np.percentile(cpu, 99)), 3)}
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -301,6 +333,9 @@ def main() -> None:
     ap.add_argument("--mixture-dims", type=int, default=32, help="top PCA dimensions the mixture models jointly")
     ap.add_argument("--work", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "btembed-ann-scale"))
     ap.add_argument("--table", metavar="JSON", help="print the table of an earlier result and exit")
+    ap.add_argument("--reuse-data", action="store_true",
+                    help="use the vectors and ground truth already in --work; rows of tiers not run are kept from "
+                         "the earlier result file")
     ap.add_argument("--build-worker", nargs=2, metavar=("TIER", "DIM"), help=argparse.SUPPRESS)
     ap.add_argument("--measure-worker", nargs=2, metavar=("TIER", "DIM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -320,15 +355,20 @@ def main() -> None:
 
     t0 = time.perf_counter()
     result = {"n": args.n, "queries": args.queries, "data": {}, "tiers": {}}
+    stem = RESULTS / f"ann_scale_{args.n // 1000}k"
+    earlier = json.loads(stem.with_suffix(".json").read_text()) if args.reuse_data else {}
     for dim in args.dims:
         t = time.perf_counter()
-        result["data"][dim] = make_vectors(dim, args.n, args.queries, work, args)
-        result["data"][dim]["sample_s"] = round(time.perf_counter() - t, 1)
-        result["data"][dim]["exact_ground_truth_s"] = round(ground_truth(dim, work), 1)
+        if args.reuse_data and (work / f"data-{dim}.json").exists():
+            result["data"][dim] = json.loads((work / f"data-{dim}.json").read_text())
+        else:
+            result["data"][dim] = make_vectors(dim, args.n, args.queries, work, args)
+            result["data"][dim]["sample_s"] = round(time.perf_counter() - t, 1)
+            result["data"][dim]["exact_ground_truth_s"] = round(ground_truth(dim, work), 1)
         print(json.dumps({dim: result["data"][dim]}), flush=True)
         rows = []
         for tier in args.tiers:
-            row = {}
+            row = {"measured": time.strftime("%Y-%m-%dT%H:%M")}
             for job in ("--build-worker", "--measure-worker"):
                 p = subprocess.run([sys.executable, __file__, job, tier, str(dim), "--work", str(work),
                                     "--latency-queries", str(args.latency_queries)], stdout=subprocess.PIPE, text=True)
@@ -338,11 +378,12 @@ def main() -> None:
                 row.update(json.loads(p.stdout.strip().splitlines()[-1]))
             rows.append(row)
             print(json.dumps(row), flush=True)
-        result["tiers"][dim] = [r for r in rows if "failed" not in r]
+        kept = [r for r in earlier.get("tiers", {}).get(str(dim), []) if r["tier"] not in args.tiers]
+        fresh = [r for r in rows if "failed" not in r]
+        result["tiers"][dim] = sorted(kept + fresh, key=lambda r: TIERS.index(r["tier"]))
         result.setdefault("failed", []).extend(r for r in rows if "failed" in r)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["machine"] = machine(faiss=faiss.__version__, numpy=np.__version__)
-    stem = RESULTS / f"ann_scale_{args.n // 1000}k"
     write_result(stem.with_suffix(".json"), result)
     text = table(result)
     stem.with_suffix(".md").write_text(text)
