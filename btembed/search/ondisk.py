@@ -12,7 +12,7 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -57,35 +57,31 @@ def empty_copy(index):
         index.ntotal, ivf.ntotal = totals
 
 
-def _blocks(chunks: Iterable[tuple[np.ndarray, np.ndarray]], rows: int) -> Iterator[list]:
-    """Group (ids, vectors) chunks into lists of about `rows` rows."""
-    block, held = [], 0
-    for ids, vecs in chunks:
-        block.append((ids, vecs))
-        held += len(ids)
-        if held >= rows:
-            yield block
-            block, held = [], 0
-    if block:
-        yield block
-
-
 def fill_blocks(trained, chunks, workdir: Path, rows: int = BLOCK_ROWS,
                 say: Callable[[str], None] | None = None) -> list[str]:
-    """Add the chunks' vectors block by block, each to its own copy of the trained empty index; the filled blocks
-    are written under workdir and their file names returned (for merge)."""
+    """Add the chunks' vectors block by block, each block to its own copy of the trained empty index (only its
+    codes are held, never its raw vectors); the filled blocks are written under workdir, their names returned."""
     import faiss
 
-    names = []
-    for k, block in enumerate(_blocks(chunks, rows)):
-        part = empty_copy(trained)
-        for ids, vecs in block:
-            part.add_with_ids(np.ascontiguousarray(vecs, np.float32), np.asarray(ids, np.int64))
-        name = str(workdir / f"block-{k}.faiss")
+    names: list[str] = []
+    part = None
+
+    def flush() -> None:
+        name = str(workdir / f"block-{len(names)}.faiss")
         faiss.write_index(part, name)
         names.append(name)
         if say:
-            say(f"  block {k}: {part.ntotal} vectors encoded")
+            say(f"  block {len(names) - 1}: {part.ntotal} vectors encoded")
+
+    for ids, vecs in chunks:
+        if part is None:
+            part = empty_copy(trained)
+        part.add_with_ids(np.ascontiguousarray(vecs, np.float32), np.asarray(ids, np.int64))
+        if part.ntotal >= rows:
+            flush()
+            part = None
+    if part is not None:
+        flush()
     return names
 
 
