@@ -128,3 +128,23 @@ def test_index_help_says_how_to_use_torchrun():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert "torchrun --nproc_per_node=N -m btembed index DIR" in sub.choices["index"].format_help().replace("\n", " ")
+
+
+def test_embed_under_torchrun_writes_a_file_per_rank_and_a_manifest(tmp_path, photo_set, tiny_model_dir):
+    p = torchrun("-m", "btembed", "embed", photo_set, "-o", tmp_path / "ranked" / "v.npy", "--model", tiny_model_dir,
+                 "--workers", 0)
+    assert p.returncode == 0, p.stderr
+    manifest = json.loads((tmp_path / "ranked" / "v.json").read_text())
+    assert (manifest["ranks"], manifest["embedded"], manifest["failed"]) == (2, 13, 1)
+    ranked = {}
+    for shard in manifest["shards"]:
+        vectors = np.load(tmp_path / "ranked" / shard["vectors"])
+        paths = json.loads((tmp_path / "ranked" / shard["sidecar"]).read_text())["paths"]
+        assert len(vectors) == len(paths) == shard["rows"]
+        ranked.update(zip(paths, vectors))
+    p = subprocess.run([sys.executable, "-m", "btembed", "embed", str(photo_set), "-o", str(tmp_path / "one.npy"),
+                        "--model", str(tiny_model_dir), "--workers", "0"], capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    single = dict(zip(json.loads((tmp_path / "one.json").read_text())["paths"], np.load(tmp_path / "one.npy")))
+    assert sorted(single) == sorted(ranked)
+    assert max(np.abs(single[k] - ranked[k]).max() for k in single) <= 1e-6
