@@ -235,13 +235,14 @@ def build_worker(tier: str, dim: int, work: Path) -> dict:
     """Build one tier and save it: build time, peak RAM, disk."""
     import faiss
 
-    from btembed.search.ann import AnnConfig, build
+    from btembed.search.ann import AnnConfig, build, choose_ondisk_m
 
     src = MemmapSource(work / f"vectors-{dim}.npy")
     n = src.count
     raw = n * (dim * 4 + 8)
     cfg = {"flat": AnnConfig(flat_max_floats=n * dim), "ivf": AnnConfig(flat_max_floats=0),
-           "ivfpq": AnnConfig(flat_max_floats=0, max_memory=raw // 8),  # d/4-byte codes, as the on-disk tier
+           # the budget that gives IVF-PQ in RAM the on-disk tier's codes: the same index, held in RAM or mapped
+           "ivfpq": AnnConfig(flat_max_floats=0, max_memory=n * (choose_ondisk_m(dim, AnnConfig()) + 8)),
            "ondisk": AnnConfig(flat_max_floats=0, on_disk=True)}[tier]
     folder = work / f"index-{tier}-{dim}"
     folder.mkdir(exist_ok=True)
