@@ -40,6 +40,14 @@ def rank_device(device: str, local_rank: int) -> str:
     return f"cuda:{local_rank}"  # one GPU per rank, whatever cuda:N was asked for
 
 
+class RankLost(BtembedError):
+    """A rank could not join, or another rank stopped answering (it died; torchrun stops the rest)."""
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 @dataclass
 class RankGroup:
     """This process's place among the ranks, and the collectives a sharded run needs."""
@@ -63,7 +71,11 @@ class RankGroup:
         if dev.startswith("cuda"):
             torch.cuda.set_device(dev)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo", timeout=COLLECTIVE_TIMEOUT)
+            try:
+                dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo", timeout=COLLECTIVE_TIMEOUT)
+            except Exception as e:  # noqa: BLE001 - torch raises several kinds; the user needs one line
+                raise RankLost(f"rank {rank} could not join the torchrun process group ({_first_line(e)}); check "
+                               "--rdzv-endpoint / MASTER_ADDR and that every node can reach it") from None
         return cls(rank, world, local, dev)
 
     @property
@@ -75,7 +87,22 @@ class RankGroup:
         return self.device if self.device.startswith("cuda") else "cpu"  # NCCL moves only GPU tensors
 
     def broadcast(self, message: dict | None = None) -> dict:
-        """Rank 0's message (a JSON-able dict), on every rank."""
+        """Rank 0's message (a JSON-able dict), on every rank; RankLost when a rank has died."""
+        try:
+            return self._broadcast(message)
+        except Exception as e:  # noqa: BLE001 - gloo/NCCL errors of a dead peer
+            raise RankLost(f"a rank stopped answering ({_first_line(e)}); what the ranks wrote is kept: run the "
+                           "same command again to finish") from None
+
+    def gather(self, message: dict) -> list[dict]:
+        """Every rank's message, in rank order, on every rank; RankLost when a rank has died."""
+        try:
+            return self._gather(message)
+        except Exception as e:  # noqa: BLE001 - gloo/NCCL errors of a dead peer
+            raise RankLost(f"a rank stopped answering ({_first_line(e)}); what the ranks wrote is kept: run the "
+                           "same command again to finish") from None
+
+    def _broadcast(self, message: dict | None) -> dict:
         import torch
         import torch.distributed as dist
 
@@ -87,8 +114,7 @@ class RankGroup:
         dist.broadcast(buf, 0)
         return json.loads(bytes(buf.cpu().numpy()))
 
-    def gather(self, message: dict) -> list[dict]:
-        """Every rank's message, in rank order, on every rank."""
+    def _gather(self, message: dict) -> list[dict]:
         import torch
         import torch.distributed as dist
 

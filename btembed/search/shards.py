@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import BtembedError, CatalogError
 from .catalog import Catalog, VectorRef
 from .plan import Entry, Plan, hash_file
-from .ranks import RankGroup
+from .ranks import RankGroup, RankLost
 from .shardfile import RECORDS_SUFFIX, VECTOR_DIR, Shard, ShardWriter, shards_in
 
 VECTOR_FILES_ABOVE = 4 << 30  # bytes of vectors: ≈ 1 M × 2048-d or 4 M × 512-d float16
@@ -213,10 +213,8 @@ class ShardedEmbed:
             a.todo_path(rank).write_text("".join(line + "\n" for line in lines))
         try:
             results, failure = self._embed_everywhere(a, opts)
-        except Exception as e:  # noqa: BLE001 - a collective failed: a rank died (torchrun stops the rest soon)
-            results, failure = [], CatalogError(
-                f"a rank stopped before its shard was done ({str(e).splitlines()[0]}); what every rank wrote is "
-                "kept: run the same command again to finish")
+        except RankLost as e:  # a rank died (torchrun stops the rest soon): merge what is there first
+            results, failure = [], e
         for rank in range(world):
             a.todo_path(rank).unlink(missing_ok=True)
             shard = next((s for s in shards_in(folder) if s.records_path.name.startswith(a.shard_name(rank) + ".")),
