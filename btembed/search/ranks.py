@@ -45,7 +45,9 @@ class RankLost(BtembedError):
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The first sentence of a torch.distributed error (gloo appends advice and an emoji to it)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line.split(". ")[0].rstrip(".")
 
 
 @dataclass
