@@ -57,11 +57,16 @@ def catalog_state(folder: Path) -> dict:
 
 
 def search_results(folder: Path, queries: list) -> list:
-    """Per query the top 5 as (score rounded, relative path), sorted (equal scores tie in any order)."""
+    """Per query the top 5 scores (rounded) and the paths scoring above the 5th: a byte-identical copy ties with
+    its twin, and which of the two a cut at k keeps depends on row ids, which differ between runs."""
     index = ImageIndex.open(folder)
     try:
-        return [sorted((round(h.score, 5), os.path.relpath(h.path, folder)) for h in index.search(q, k=5))
-                for q in queries]
+        out = []
+        for q in queries:
+            hits = [(round(h.score, 5), os.path.relpath(h.path, folder)) for h in index.search(q, k=5)]
+            last = min(score for score, _ in hits)
+            out.append((sorted(score for score, _ in hits), sorted(path for score, path in hits if score > last)))
+        return out
     finally:
         index.close()
 
@@ -103,8 +108,15 @@ def test_a_killed_rank_loses_only_what_it_had_not_written(tmp_path, photo_set, o
     p = torchrun(HERE / "shard_kill_worker.py", "index", folder, "--model", tiny_model_dir, "--workers", 0,
                  "--batch-size", 2, "--vector-files-above", 0)
     assert p.returncode != 0
-    left = list((folder / ".btembed" / VECTOR_DIR).glob("*.jsonl"))
-    assert left, "the ranks' shard files outlive the run"
+    # What the ranks wrote is kept: merged by rank 0 when the collective failed (if torchrun let it finish), or
+    # left in shard files for the next run.
+    pending = list((folder / ".btembed" / VECTOR_DIR).glob("*.jsonl"))
+    catalog = Catalog.open(folder / ".btembed" / CATALOG_FILE, read_only=True)
+    try:
+        merged = catalog.count()
+    finally:
+        catalog.close()
+    assert pending or merged
     # Another rank count re-plans and keeps what was written; vectors stay in shard files (forced by the flag).
     report = index_folder(folder, IndexOptions(model=str(tiny_model_dir), workers=0, batch_size=2,
                                                vector_files_above=0))
