@@ -3,8 +3,9 @@
     python bench/pipeline.py --photos DIR [--work bench/data/pipeline] [--small DIR] [--limit N] [--repeat 2]
                              [--levers] [--before] [--out bench/results/pipeline.json]
 
-(a) naive loop: PIL full decode + torchvision Resize/CenterCrop/Normalize + eager fp32 NCHW torch, batch 16;
-(b) model-only img/s of each backend path on pre-decoded uint8 NHWC batches (same batch size as the index), on
+(a) naive loop: PIL full decode + torchvision Resize/CenterCrop/Normalize + eager fp32 NCHW torch, batch 16, on
+    the first 96 photos in every round;
+(b) model-only img/s of each backend path on 192 pre-decoded uint8 NHWC images (batches as in the index), on
     2 threads and on 1 (its core cost, for the core-cost bound: 2 cores / (model + decode core-ms));
 (c) `btembed index` as a whole cold command (subprocess, fresh --db) per path, its wall time and peak RSS;
     (b) and (c) alternate round by round, and each figure is the median of --repeat rounds. Paths: precision
@@ -35,10 +36,13 @@ from pipeline_parts import (BEFORE, INDEX_BATCH, PATHS, PY, RESULTS, ROOT, SPINN
                             model_only, naive, run_child, say, search_cold)
 from pipeline_report import report
 
+NAIVE_IMAGES = 96  # per round: the naive loop is the slowest path, and its img/s does not need all photos
+MODEL_ONLY_IMAGES = 192  # three index batches
 
-def setup_model(work: Path, photos: Path, methods: list[str]) -> tuple[Path, dict]:
+
+def setup_model(work: Path, photos: Path, methods: list[str]) -> dict:
     """Random-init ResNet-50@224 folder, its fp32 export cached, and a model.int8.onnx made as `btembed export
-    --int8 --calibration PHOTOS` makes it (search + parity on a held-apart quarter, recorded) -> (folder, report).
+    --int8 --calibration PHOTOS` makes it (search + parity on a held-apart quarter, recorded) -> its report.
     Kept in --work: a later run reuses both (the report says when the int8 file was made)."""
     folder, saved = work / "r50", work / "r50-int8-report.json"
     if not (folder / "config.json").exists():
@@ -54,8 +58,9 @@ def setup_model(work: Path, photos: Path, methods: list[str]) -> tuple[Path, dic
 
     config = ModelConfig.load(folder)
     fp32 = OnnxBackend(folder, config, device="cpu")  # exports once into r50/.onnx-cache (not timed)
-    if (folder / INT8_FILE).exists() and saved.exists() and find_record(folder / INT8_FILE) is not None:
-        return folder, {**json.loads(saved.read_text()), "reused": True}
+    if (folder / INT8_FILE).exists() and saved.exists() and find_record(folder / INT8_FILE) is not None \
+            and (work / "r50-plain" / INT8_FILE).exists():
+        return {**json.loads(saved.read_text()), "reused": True}
     import tempfile
 
     from btembed.backends.int8 import MIN_IMAGES, folder_pixels, quantize_int8
@@ -72,8 +77,24 @@ def setup_model(work: Path, photos: Path, methods: list[str]) -> tuple[Path, dic
             report = export_int8(fp32.path, folder / INT8_FILE, pixels, config, Path(tmp), methods=methods,
                                  say=say)
     report["seconds"] = time.perf_counter() - t
+    report["whole_trunk"] = whole_trunk_int8(folder, work / "r50-plain", pixels)
     saved.write_text(json.dumps(report, indent=2) + "\n")
-    return folder, report
+    return report
+
+
+def whole_trunk_int8(folder: Path, plain: Path, pixels: np.ndarray) -> str:
+    """A copy of the model folder whose model.int8.onnx quantizes the whole trunk (plain MinMax, no search)."""
+    import shutil
+
+    from btembed.backends.int8 import quantize_int8
+    from btembed.backends.onnx import INT8_FILE, OnnxBackend
+    from btembed.config import ModelConfig
+
+    shutil.rmtree(plain, ignore_errors=True)
+    shutil.copytree(folder, plain, ignore=shutil.ignore_patterns(INT8_FILE, "*.parity.json"))
+    config = ModelConfig.load(plain)
+    quantize_int8(OnnxBackend(plain, config, device="cpu").path, plain / INT8_FILE, pixels, config)
+    return str(plain)
 
 
 class Run:
@@ -124,38 +145,43 @@ def measure_paths(run: Run, model: Path, photos: Path, files: list[Path], cfg, a
     from btembed.preprocess import load_pixels
 
     n, work = len(files), args.work
-    pixels = np.stack([load_pixels(f, cfg) for f in files])
+    pixels = np.stack([load_pixels(f, cfg) for f in files[:MODEL_ONLY_IMAGES]])
+    naive_runs = []
     extra = ([(BEFORE, "auto", "fp32", {}, WITH_PROCESSES), (SPINNING, "torch", "bf16", SPINNING_ENV, None)]
              if args.before else [])
-    runs: dict = {name: [] for name, _, _ in PATHS} | {e[0]: [] for e in extra}
-    alone: dict = {name: [] for name, _, _ in PATHS}
-    one_core: dict = {name: [] for name, _, _ in PATHS}
+    runs: dict = {name: [] for name, *_ in PATHS} | {e[0]: [] for e in extra}
+    alone: dict = {name: [] for name, *_ in PATHS}
+    one_core: dict = {name: [] for name, *_ in PATHS}
     ran: dict = {}
     # Model-only figures are taken in every round next to the e2e runs, so a slow spell of the shared machine
     # moves numerator and denominator alike instead of one of them.
     for round_ in range(args.repeat):
-        for name, backend, precision in PATHS:
-            speed, ran[name] = model_only(model, pixels, backend, precision, INDEX_BATCH)
+        naive_runs.append(naive(files[:NAIVE_IMAGES], work / "r50"))
+        for name, backend, precision, where in PATHS:
+            folder = work / where
+            speed, ran[name] = model_only(folder, pixels, backend, precision, INDEX_BATCH)
             alone[name].append(speed)
-            one_core[name].append(model_only(model, pixels, backend, precision, INDEX_BATCH, threads=1)[0])
-            runs[name].append(e2e(name, index_cmd(photos, work / "db", model, backend, precision), n, work / "db"))
+            one_core[name].append(model_only(folder, pixels, backend, precision, INDEX_BATCH, threads=1)[0])
+            runs[name].append(e2e(name, index_cmd(photos, work / "db", folder, backend, precision), n, work / "db"))
         for name, backend, precision, env, code in extra:
             cmd = index_cmd(photos, work / "db", model, backend, precision)
             runs[name].append(e2e(name, [PY, "-c", code, *cmd[3:]] if code else cmd, n, work / "db", env=env))
         say(f"  round {round_ + 1} of {args.repeat} done")
     del pixels
-    int8 = parity_of(model)
     rows = []
-    for name, backend, precision in PATHS:
+    for name, backend, precision, where in PATHS:
         row = {"path": name, "precision_run": ran[name], "model_only_img_per_s": statistics.median(alone[name]),
                "model_only_runs": alone[name], "model_only_one_thread_img_per_s": statistics.median(one_core[name])}
         if ran[name] == "int8":
-            row["parity"] = int8
+            row["parity"] = parity_of(work / where)  # None: a file without a record (the whole-trunk one)
         rows.append(row)
     for name, *_ in extra:
         rows.append({"path": name, "model_only_img_per_s": rows[1 if name == BEFORE else 2]["model_only_img_per_s"],
                      "model_only_note": "the model-only figure of the same backend and precision"})
-    naive_ips = (run.result.get("naive") or {}).get("img_per_s")
+    naive_ips = statistics.median(r["img_per_s"] for r in naive_runs)
+    run.result["naive"] = {"img_per_s": naive_ips, "runs": naive_runs, "images": len(files[:NAIVE_IMAGES]),
+                           "decode_share": statistics.median(r["decode_share"] for r in naive_runs),
+                           "command": "python bench/pipeline.py (naive loop, in-process, in every round)"}
     decode_ms = (run.result.get("decode") or {}).get("draft_decode_resize_core_ms")
     for r in rows:
         rs = runs[r["path"]]
@@ -182,7 +208,7 @@ def embedded_default(photos: Path, files: list[Path], args) -> list[dict]:
     from btembed.preprocess import load_pixels
 
     folder = ModelFolder.resolve(None)
-    pixels = np.stack([load_pixels(f, folder.config.preprocess) for f in files])
+    pixels = np.stack([load_pixels(f, folder.config.preprocess) for f in files[:MODEL_ONLY_IMAGES]])
     choice = choose_precision(folder.path, "auto", device="cpu")
     rows = []
     for precision in ("auto", "fp32"):
@@ -266,10 +292,7 @@ def main(argv=None) -> int:
 
         cfg = ModelConfig.load(model).preprocess
         run.step("decode", "decode cost per image (one thread)", decode_costs, files, cfg)
-        naive_row = run.step("naive", "(a) naive loop", naive, files, model)
-        if naive_row:
-            naive_row["command"] = "python bench/pipeline.py (naive loop, in-process)"
-        run.step("paths", "(b) model-only and (c) cold `btembed index`, interleaved round by round",
+        run.step("paths", "(a) naive loop, (b) model-only and (c) cold `btembed index`, round by round",
                  measure_paths, run, model, photos, files, cfg, args)
         if args.levers:
             from pipeline_levers import levers
@@ -281,7 +304,11 @@ def main(argv=None) -> int:
     run.step("embedded_default", "the embedded default under auto and fp32", embedded_default, photos, files, args)
     found = run.step("search_folder", "(d) an indexed folder for the cold search", search_folder, args, photos)
     if found:
-        run.step("search", "(d) cold search", search_cold, found[0], found[1], files[0], 5)
+        import shutil
+
+        query = args.work / f"query{files[0].suffix}"  # a query from outside the indexed folder
+        shutil.copyfile(files[0], query)
+        run.step("search", "(d) cold search", search_cold, found[0], found[1], query, 5)
     if args.skip_memory or args.small is None:
         run.skip("memory", "--skip-memory" if args.skip_memory else "no --small folder (bench/reindex.py makes one)")
     else:

@@ -18,9 +18,12 @@ from pipeline_levers import onnx_session
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 PY = sys.executable
-# (name, --backend, --precision): the default and the other candidate paths of `btembed index`.
-PATHS = [("auto (default)", "auto", "auto"), ("onnxruntime fp32", "onnx", "fp32"),
-         ("torch channels_last bf16", "torch", "bf16"), ("onnxruntime int8 (forced)", "onnx", "int8")]
+# (name, --backend, --precision, model folder under --work): the default and the other candidate paths of
+# `btembed index`. r50 holds the int8 file `btembed export --int8` made (its search ran on random weights, which
+# no stage can rescue, so it keeps the most fp32 it may); r50-plain the whole trunk in int8: int8's full speed.
+PATHS = [("auto (default)", "auto", "auto", "r50"), ("onnxruntime fp32", "onnx", "fp32", "r50"),
+         ("torch channels_last bf16", "torch", "bf16", "r50"), ("onnxruntime int8 (forced)", "onnx", "int8", "r50"),
+         ("onnxruntime int8, whole trunk (forced)", "onnx", "int8", "r50-plain")]
 BEFORE = "onnxruntime fp32, DataLoader processes (before)"
 SPINNING = "torch channels_last bf16, libgomp default spin-wait (before)"
 # `btembed` sets OMP_WAIT_POLICY=PASSIVE unless told otherwise; libgomp's behaviour with the variable unset is
