@@ -100,13 +100,18 @@ def whole_trunk_int8(folder: Path, plain: Path, pixels: np.ndarray) -> str:
 class Run:
     """The result dict, written as JSON after every step; a failed step is recorded in one line and skipped."""
 
-    def __init__(self, out: Path, result: dict):
+    def __init__(self, out: Path, result: dict, names: dict[Path, str]):
         self.out, self.result, self.failed = out, result, {}
+        # Folders of this machine are written by their role (PHOTOS, WORK), so a committed result holds no paths.
+        self.names = sorted(((str(k.resolve()), v) for k, v in names.items()), key=lambda kv: -len(kv[0]))
 
     def write(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({**self.result, "failed_steps": self.failed}, indent=2, default=str) + "\n"
+        for path, name in self.names:
+            text = text.replace(path, name)
         tmp = self.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**self.result, "failed_steps": self.failed}, indent=2, default=str) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, self.out)
 
     def step(self, key: str, label: str, fn, *args, **kwargs):
@@ -279,7 +284,8 @@ def main(argv=None) -> int:
                          "photo_set": ({k: v for k, v in json.loads(set_file.read_text()).items() if k != "files"}
                                        if set_file.exists() and not args.limit else None),
                          "model": "resnet50 @224 (resize 256, bilinear), random init seed 0",
-                         "batch_size": INDEX_BATCH, "index_defaults": defaults(), "machine": machine()})
+                         "batch_size": INDEX_BATCH, "index_defaults": defaults(), "machine": machine()},
+              {args.photos: "PHOTOS", photos: "PHOTOS", args.work: "WORK", ROOT: "."})
     run.write()
     setup = run.step("int8", "model: random ResNet-50, fp32 export, int8 export (search + parity record)",
                      setup_model, args.work, photos, args.int8_methods or ["MinMax", "Entropy", "Percentile"])
