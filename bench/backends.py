@@ -57,7 +57,7 @@ def real_images(n: int, folder: Path | None, skip=(), seed: int = 0) -> tuple[li
         if len(paths) >= n:
             picks = sorted(rng.choice(len(paths), n, replace=False))
             sources = sorted({paths[i].relative_to(folder).parts[0] for i in picks})
-            return [paths[i] for i in picks], (f"{n} files sampled (seed {seed}) from {folder} "
+            return [paths[i] for i in picks], (f"{n} files sampled (seed {seed}) from {folder.name}/ "
                                                f"(sources: {', '.join(sources)}; skipped: {', '.join(skip)})")
     from skimage import data
 
@@ -114,7 +114,9 @@ def build_paths(folder: Path, config: ModelConfig, calibration: np.ndarray, work
                   else workdir / INT8_FILE)
         notes["export_int8"] = export_int8(onnx_fp32.path, target, calibration, config, workdir / "search",
                                            methods=methods, say=lambda m: print(m, file=sys.stderr, flush=True))
-        notes["export_int8"]["file"] = str(target)
+        # Where the file and its record went, by name only: a committed result holds no machine paths.
+        notes["export_int8"]["file"] = "MODEL/" + target.name if target.parent == folder else "WORK/" + target.name
+        notes["export_int8"]["parity_record"] = Path(notes["export_int8"]["parity_record"]).name
         paths["onnxruntime int8, btembed export --int8"] = OnnxBackend.from_file(target, config, device="cpu")
     auto = load_backend("auto", folder, config, device="cpu", precision="auto")
     notes["auto"] = {"precision": auto.precision, "reason": auto.precision_choice.reason}

@@ -147,6 +147,7 @@ class Quantizer:
         self.config, self.batch_size = config, batch_size
         # onnxruntime's advice: 7-bit weights where u8 x s8 products can saturate (CPUs without VNNI).
         self.reduce_range = (not cpu_has_vnni()) if reduce_range is None else reduce_range
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.prepared = self.workdir / "prepared.onnx"
         # Folds and infers shapes first, as onnxruntime recommends, so more nodes get quantized cleanly.
         with contextlib.redirect_stdout(sys.stderr):
