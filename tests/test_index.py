@@ -301,6 +301,38 @@ def test_other_model_refused_unless_rebuild(folder, tiny_model_dir, tmp_path):
     assert index_folder(folder, IndexOptions(model=str(moved), workers=0)).unchanged == 6
 
 
+def test_rebuild_deletes_the_old_generations_vector_files_once_unread(folder, tiny_model_dir, tmp_path):
+    """The first --rebuild deleted the index folder's own catalog and FAISS file but left its vectors/ behind."""
+    run_index(folder, tiny_model_dir, vector_files_above=0)
+    store = folder / ".btembed"
+    assert any((store / "vectors").iterdir())  # the live generation keeps its vectors in files
+    reader = ImageIndex.open(folder)  # pins the index folder's own generation
+    try:
+        other = make_model_dir(tmp_path / "other", seed=1)
+        assert run_index(folder, other, rebuild=True, vector_files_above=0).embedded == 6
+        assert (store / "vectors").is_dir()  # still read: kept
+        assert len(reader.search(folder / "astronaut.jpg", k=6)) == 6
+    finally:
+        reader.close()
+    assert run_index(folder, other, vector_files_above=0).unchanged == 6  # the next writer collects it
+    left = sorted(p.name for p in store.iterdir())
+    assert "vectors" not in left and "catalog.sqlite" not in left and "gen-1" in left, left
+    assert any((store / "gen-1" / "vectors").iterdir())
+    # an index folder an earlier version left with only its vectors/ behind loses them on the next run
+    (store / "vectors").mkdir()
+    (store / "vectors" / "old.f16").write_bytes(b"\0" * 1024)
+    run_index(folder, other, vector_files_above=0)
+    assert not (store / "vectors").exists()
+    index = ImageIndex.open(folder)
+    try:
+        assert index.search(folder / "astronaut.jpg", k=1)[0].path.endswith("astronaut.jpg")
+    finally:
+        index.close()
+    # a second rebuild drops the whole first generation folder, vectors and all, when nothing reads it
+    assert run_index(folder, tiny_model_dir, rebuild=True, vector_files_above=0).embedded == 6
+    assert sorted(p.name for p in store.iterdir() if p.name.startswith("gen-") or p.name == "vectors") == ["gen-2"]
+
+
 def test_db_elsewhere_and_stale_faiss_rebuilt(folder, tiny_model_dir, tmp_path):
     db = tmp_path / "store"
     run_index(folder, tiny_model_dir, db=str(db))

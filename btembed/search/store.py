@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import CatalogError
 from .catalog import CATALOG_FILE
+from .shardfile import VECTOR_DIR
 
 try:
     import fcntl
@@ -119,10 +120,26 @@ def _unpinned(folder: Path) -> int | None:
 
 def _generation_files(folder: Path) -> list[Path]:
     """What a generation holds in the index folder itself (before the first rebuild): the catalog, the FAISS
-    file with its sidecar and data files; never the lock, the pointer, set-aside damaged catalogs or gen-*/."""
-    names = [CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm", READERS]
+    file with its sidecar and data files, the vectors/ folder (vector files, shards); never the lock, the
+    pointer, set-aside damaged catalogs, thumbnails or gen-*/. The readers file comes last: while a deletion is
+    unfinished, the next writer still finds the generation to finish it."""
+    names = [CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm"]
     return [folder / n for n in names] + [p for p in folder.glob("*") if p.is_file() and (
-        p.name.startswith(INDEX_FILE) or p.suffix == ".ivfdata")]
+        p.name.startswith(INDEX_FILE) or p.suffix == ".ivfdata")] + [folder / VECTOR_DIR, folder / READERS]
+
+
+def _remove_vector_dir(folder: Path) -> None:
+    """Delete the files of a vectors/ folder (vector files, shards, work lists: all btembed's, as
+    collect_vector_files assumes) and the folder when that leaves it empty; a subfolder is no file of ours."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.is_file() or p.is_symlink():
+            p.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # something not ours is in it: left alone
 
 
 def collect_old(store: Path) -> list[Path]:
@@ -130,7 +147,7 @@ def collect_old(store: Path) -> list[Path]:
     calls this holding the lock. Returns what was deleted."""
     live = live_folder(store)
     candidates = [p for p in store.glob(_GENERATION + "*") if p.is_dir() and p != live]
-    if live != store and (store / CATALOG_FILE).exists():
+    if live != store and any(p.exists() for p in _generation_files(store)):
         candidates.append(store)  # the index folder's own files, live before the first rebuild
     deleted = []
     for folder in candidates:
@@ -140,7 +157,10 @@ def collect_old(store: Path) -> list[Path]:
         try:
             if folder == store:
                 for path in _generation_files(store):
-                    path.unlink(missing_ok=True)
+                    if path.name == VECTOR_DIR:
+                        _remove_vector_dir(path)
+                    else:
+                        path.unlink(missing_ok=True)
             else:
                 shutil.rmtree(folder, ignore_errors=True)
             deleted.append(folder)
