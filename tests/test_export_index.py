@@ -101,3 +101,29 @@ def test_export_refuses_what_is_not_a_new_or_empty_folder(indexed, tmp_path, cap
     assert sorted(os.listdir(indexed)) == before and not (tmp_path / "missing").exists()
     assert target != "ex.jsonl" or out.read_text() == "kept\n"
 
+
+
+@pytest.mark.parametrize("name", ["ex.jsonl", "vectors.NPY", "meta.parquet", "out.json"])
+def test_export_refuses_a_new_out_named_like_a_file(indexed, tmp_path, capsys, name):
+    """--out ex.jsonl made a folder called ex.jsonl (holding img_emb/ and metadata/) instead of a file."""
+    from btembed.cli import main
+
+    out = tmp_path / name
+    assert main(["export-index", str(indexed), "--out", str(out), "--format", "jsonl"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "writes a folder" in err and "img_emb/" in err and f"--out {out.with_suffix('')}" in err, err
+    assert not out.exists()
+
+
+def test_export_into_an_existing_empty_folder_with_a_dot_in_its_name(indexed, tmp_path):
+    """A folder the user made is taken whatever its name; a dot that is no data-file suffix is no file name."""
+    from btembed.cli import main
+
+    made = tmp_path / "made.jsonl"
+    made.mkdir()
+    assert main(["export-index", str(indexed), "--out", str(made), "--format", "jsonl"]) == 0
+    assert (made / "metadata" / "metadata_0.jsonl").is_file()
+    dotted = tmp_path / "export.v2"
+    assert main(["export-index", str(indexed), "--out", str(dotted), "--format", "jsonl"]) == 0
+    assert (dotted / "img_emb" / "img_emb_0.npy").is_file()

@@ -43,8 +43,18 @@ def _parquet_writer():
     return pyarrow, pyarrow.parquet
 
 
+# --out names a folder (img_emb/ + metadata/, one pair per --rows-per-file rows): a new one named like a data file
+# was surely meant as a file, so it is refused rather than made into a folder of that name.
+FILE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".npy", ".npz", ".csv", ".tsv", ".txt")
+
+
 def check_out(out: Path) -> None:
-    """Refuse an out that is not a new or empty folder in an existing one (an export must not mix into other files)."""
+    """Refuse an out that is not a new or empty folder in an existing one (an export must not mix into other files),
+    and a new one named like a file (ex.jsonl)."""
+    if not os.path.lexists(out) and out.suffix.lower() in FILE_SUFFIXES:
+        raise BtembedError(f"--out {shown(out)} looks like a file name, but export-index writes a folder "
+                           f"(img_emb/*.npy + metadata/*.parquet|jsonl); give a folder, e.g. "
+                           f"--out {shown(out.with_suffix(''))}")
     if out.is_dir():
         if any(out.iterdir()):
             raise BtembedError(f"{shown(out)} is not empty; give --out a new or empty folder")
