@@ -94,6 +94,7 @@ def test_two_gloo_ranks_give_what_one_process_gives(tmp_path, photo_set, one_pro
     p = torchrun("-m", "btembed", "index", folder, "--model", tiny_model_dir, "--workers", 0, "--batch-size", 2,
                  "--json")
     assert p.returncode == 0, p.stderr
+    assert p.stderr.count("precision: fp32 (") == 1, p.stderr  # said by rank 0 only
     report = json.loads(p.stdout)
     assert (report["total"], report["embedded"], report["failed"]) == (13, 12, 1)  # the copy reuses its twin
     assert_same_catalog(catalog_state(one_process), catalog_state(folder))
@@ -143,11 +144,15 @@ def test_index_help_says_how_to_use_torchrun():
 
 
 def test_embed_under_torchrun_writes_a_file_per_rank_and_a_manifest(tmp_path, photo_set, tiny_model_dir):
-    p = torchrun("-m", "btembed", "embed", photo_set, "-o", tmp_path / "ranked" / "v.npy", "--model", tiny_model_dir,
-                 "--workers", 0)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    os.mkfifo(odd / "pipe.jpg")  # a failure of the walk, the same on every rank: said once (every rank said it)
+    p = torchrun("-m", "btembed", "embed", photo_set, odd, "-o", tmp_path / "ranked" / "v.npy", "--model",
+                 tiny_model_dir, "--workers", 0)
     assert p.returncode == 0, p.stderr
+    assert p.stderr.count("pipe.jpg") == 1 and p.stderr.count("broken.jpg") == 1, p.stderr
     manifest = json.loads((tmp_path / "ranked" / "v.json").read_text())
-    assert (manifest["ranks"], manifest["embedded"], manifest["failed"]) == (2, 13, 1)
+    assert (manifest["ranks"], manifest["embedded"], manifest["failed"]) == (2, 13, 2)
     ranked = {}
     for shard in manifest["shards"]:
         vectors = np.load(tmp_path / "ranked" / shard["vectors"])
@@ -160,3 +165,25 @@ def test_embed_under_torchrun_writes_a_file_per_rank_and_a_manifest(tmp_path, ph
     single = dict(zip(json.loads((tmp_path / "one.json").read_text())["paths"], np.load(tmp_path / "one.npy")))
     assert sorted(single) == sorted(ranked)
     assert max(np.abs(single[k] - ranked[k]).max() for k in single) <= 1e-6
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_embed_under_torchrun_says_what_the_walk_found_once(tmp_path, capsys, monkeypatch, rank):
+    """Every rank walks the same inputs; each said its failures (and a path that is not there), one line per rank."""
+    from btembed.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    os.mkfifo(empty / "pipe.jpg")
+    for args, said in [([str(tmp_path / "missing")], "no such file or folder"),
+                       ([str(empty)], "nothing readable in")]:
+        assert main(["embed", *args, "-o", str(tmp_path / "v.npy")]) == 1
+        err = capsys.readouterr().err
+        if rank == 0:
+            assert said in err and len(err.strip().splitlines()) == (2 if "nothing" in said else 1), err
+        else:
+            assert err == ""

@@ -60,14 +60,23 @@ def run(args) -> int:
     out = Path(args.output)
     if out.suffix != ".npy":
         out = out.with_name(out.name + ".npy")
+    ranks = torchrun_ranks()
+    main_rank = ranks is None or ranks[0] == 0  # the walk is the same on every rank: rank 0 alone speaks of it
     failures: list[dict] = []
-    paths = collect_paths(args.paths, failures)
-    for f in failures:
+    try:
+        paths = collect_paths(args.paths, failures)
+    except BtembedError:
+        if not main_rank:
+            return 1
+        raise
+    for f in failures if main_rank else []:
         say(f"skipped {shown(f['path'])}: {f['error']}")
     if not paths:
+        if not main_rank:
+            return 1
         what = "nothing readable" if failures else "no image files found"
         raise BtembedError(f"{what} in " + ", ".join(map(shown, args.paths)))
-    if torchrun_ranks() is not None:
+    if ranks is not None:
         return _run_ranked(args, out, paths, failures)
     embedder = load_embedder(args)
     summary = embed_to(out, paths, failures, embedder, args)
