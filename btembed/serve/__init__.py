@@ -1,6 +1,7 @@
 """`btembed serve`: a small ASGI app over an indexed folder — a gallery page, neighbours, duplicates, a JSON API.
 
-create_app(folder) builds the app (FastAPI); run_server / start_in_thread serve it with uvicorn.
+create_app(folder) builds the app (FastAPI); btembed.serve.server serves it with uvicorn: bind_socket + run_server
+in the foreground (`btembed serve`), ThreadedServer(app) from a background thread (tests; .url, .stop()).
 """
 from __future__ import annotations
 
