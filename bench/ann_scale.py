@@ -239,7 +239,6 @@ def build_worker(tier: str, dim: int, work: Path) -> dict:
 
     src = MemmapSource(work / f"vectors-{dim}.npy")
     n = src.count
-    raw = n * (dim * 4 + 8)
     cfg = {"flat": AnnConfig(flat_max_floats=n * dim), "ivf": AnnConfig(flat_max_floats=0),
            # the budget that gives IVF-PQ in RAM the on-disk tier's codes: the same index, held in RAM or mapped
            "ivfpq": AnnConfig(flat_max_floats=0, max_memory=n * (choose_ondisk_m(dim, AnnConfig()) + 8)),

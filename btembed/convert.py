@@ -61,7 +61,7 @@ def load_checkpoint(path: str | Path):
         raise ConvertError(f"{path} holds pickled Python objects other than tensors and was refused unread "
                            f"({why}; loading it could run code); use the authors' file or re-save the "
                            "weights as a plain state dict") from None
-    except Exception as e:  # foreign bytes make torch's unpickler fail with any of a dozen exception types
+    except Exception:  # foreign bytes make torch's unpickler fail with any of a dozen exception types
         # The exception says nothing a user can act on (KeyError: 174812789): say what the file must be instead.
         raise ConvertError(not_a_checkpoint(path)) from None
 

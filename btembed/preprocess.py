@@ -1,7 +1,7 @@
 """Preprocessing as data: PreprocessConfig, and image → uint8 HWC array at the model's input size."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from PIL import Image

@@ -111,7 +111,7 @@ def test_draft_mode_decodes_large_jpeg_at_reduced_scale_but_not_below_target(tmp
 
 
 def test_preprocess_matches_torchvision_resize_and_center_crop(astronaut):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from torchvision.transforms import v2
 
     cfg = PreprocessConfig(input_size=96, resize_size=110, interpolation="bicubic")

@@ -129,7 +129,6 @@ def _init_from_run(model: torch.nn.Module, config, run: Path) -> dict:
 
 def _init_from_model(model: torch.nn.Module, config, source: Path) -> dict:
     """The trunk of a model folder, registry name or hub repo (sha256-verified safetensors); projector stays fresh."""
-    from btembed.config import ModelConfig
     from btembed.errors import BtembedError
     from btembed.modelfolder import WEIGHTS_FILE, ModelFolder
 

@@ -44,7 +44,6 @@ def feature_source(args):
     if args.features == "raw32":
         return RawPixels(), {"features": "raw32"}
     if args.features == "random-init":
-        from ..config import ModelConfig
         from ..modelfolder import ModelFolder
 
         config = ModelFolder.resolve(args.model, revision=args.revision).config
