@@ -429,6 +429,20 @@ def test_old_command_names_say_the_new_spelling(old, new):
     assert f"python -m {new} X --seeds '0 1'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_the_shipped_card_names_no_moved_command():
+    """The embedded default's card told readers to run `python -m training.devset` / `training.dev_eval`, which
+    only print their new spelling and exit 2."""
+    import btembed
+
+    card = (Path(btembed.__file__).parent / "weights" / "default-r18" / "README.md").read_text()
+    moved = {p.stem for p in (Path(__file__).resolve().parents[1] / "training").glob("*.py")
+             if "from training.moved import forward" in p.read_text()}
+    assert {"dev_eval", "devset", "offline_photos", "ship_default"} <= moved
+    named = set(re.findall(r"python -m training\.(\w+)", card))
+    assert not named & moved, named & moved
+    assert "python -m devdata.devset DEV" in card and "python -m devdata.evaluate btembed/default-r18" in card
+
+
 def test_a_batch_left_with_one_readable_image_stops_with_one_line(tmp_path):
     """BatchNorm and the loss need two images; a batch of one used to end in a torch traceback."""
     data = tmp_path / "data"
