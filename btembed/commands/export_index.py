@@ -13,8 +13,9 @@ def register(sub) -> None:
                                    "inference writes and autofaiss reads). Parquet needs pyarrow "
                                    "(pip install 'btembed[parquet]').")
     p.add_argument("folder", metavar="DIR", help="the indexed folder (or its index folder)")
-    p.add_argument("--out", required=True, metavar="FOLDER", help="new or empty folder to write (a new name ending in a file suffix such as .jsonl "
-                        "is refused: the export is a folder of file pairs)")
+    p.add_argument("--out", required=True, metavar="FOLDER",
+                   help="new or empty folder to write (a new name ending in a file suffix such as .jsonl is "
+                        "refused: the export is a folder of file pairs)")
     p.add_argument("--format", default="parquet", choices=("parquet", "jsonl"), help="metadata format")
     p.add_argument("--db", default=None, help="index folder, when DIR was indexed with --db")
     p.add_argument("--rows-per-file", type=count_at_least(1), default=1_000_000,
