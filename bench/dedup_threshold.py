@@ -61,6 +61,8 @@ def record(model_dir: Path, result, dataset: str) -> None:
     path = model_dir / "config.json"
     config = json.loads(path.read_text())
     config["duplicate_threshold"] = result.threshold
+    if result.embedding_only is not None:
+        config["duplicate_threshold_embedding_only"] = result.embedding_only[0]
     config.setdefault("metrics", {}).update(result.metrics(dataset))
     path.write_text(json.dumps(config, indent=2) + "\n")
 

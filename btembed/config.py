@@ -35,6 +35,7 @@ class ModelConfig:
     btembed_version: str = ""
     files: dict = field(default_factory=dict)  # file name → sha256
     duplicate_threshold: float | None = None  # calibrated cosine for `btembed dedup` (btembed/search/calibrate.py)
+    duplicate_threshold_embedding_only: float | None = None  # the same, for `btembed dedup --no-pixel-check`
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:

@@ -171,7 +171,7 @@ def test_a_link_out_of_the_folder_is_left_out_and_its_404_says_why(client, folde
     with open(folder.parent / "outside.jpg", "rb") as f:  # its own picture, uploaded: still not among the results
         r = client.post("/api/search", files={"image": ("q.jpg", f.read(), "image/jpeg")}, data={"k": "3"})
     assert len(r.json()["results"]) == 3 and "link-out.jpg" not in [h["path"] for h in r.json()["results"]]
-    groups = client.get("/api/duplicates", params={"threshold": -1.0}).json()["groups"]
+    groups = client.get("/api/duplicates", params={"threshold": -1.0, "pixel_check": "false"}).json()["groups"]
     members = [m["path"] for g in groups for m in g["members"]]
     assert len(members) == 8 and "link-out.jpg" not in members
     for url in ("/api/search", "/api/thumb"):

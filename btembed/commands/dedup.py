@@ -15,6 +15,10 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine to the kept image to count as a duplicate (default: the model's calibrated "
                         "threshold, else 0.95)")
+    p.add_argument("--no-pixel-check", dest="pixel_check", action="store_false",
+                   help="group on the embedding alone: faster, but two different photos the model sees as one kind "
+                        "of thing (two textures, an apple and an orange) can group; by default a pair must also "
+                        "pass the pixel check (its small pictures agree: one photo, edited)")
     p.add_argument("-k", type=count_at_least(1), default=16, help="neighbours examined per image (default 16)")
     p.add_argument("--db", default=None, help="index folder, when DIR was indexed with --db")
     p.add_argument("--keep", choices=("largest", "oldest"), default=None,
@@ -51,7 +55,7 @@ def run(args) -> int:
     keep = args.actions.removeprefix("keep-") if args.actions else args.keep or "largest"
     index = ImageIndex.open(args.folder, db=args.db)
     try:
-        found = find_duplicates(index, args.threshold, k=args.k, keep=keep)
+        found = find_duplicates(index, args.threshold, k=args.k, keep=keep, pixel_check=args.pixel_check)
     finally:
         index.close()
     root = os.fspath(index.root)
@@ -83,6 +87,6 @@ def run(args) -> int:
                 print(f"  {m.score:.4f}{' =' if m.exact else '  '} {os.path.join(root, m.path)}")
     noun = "group" if len(found.groups) == 1 else "groups"
     say(f"{len(found.groups)} {noun} of duplicates, {sum(len(g) for g in found.groups)} files (threshold "
-        f"{found.threshold}, keep the {found.keep})" + (f"; {len(found.blank)} blank images apart" if found.blank
+        f"{found.threshold}{'' if found.pixel_check else ', no pixel check'}, keep the {found.keep})" + (f"; {len(found.blank)} blank images apart" if found.blank
                                                        else ""))
     return 0

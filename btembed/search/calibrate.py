@@ -2,8 +2,8 @@
 
 Each photo yields a family of eight: itself and seven edits a person makes to a copy (JPEG quality 40, half size,
 85 % centre crop, +20 % brightness, 5° rotation, a text watermark, a mirror flip). Families are embedded, grouped
-with the same rule as `btembed dedup` (search/dedup.py) at every threshold of a grid, and scored by the pairs the
-groups imply: precision = implied pairs that share a photo / implied pairs; recall = / pairs that share a photo.
+with the same rule as `btembed dedup` (search/dedup.py) at every threshold of a grid — with the pixel check
+(search/pixel_check.py), as `btembed dedup` runs by default, and without it — and scored by the pairs the groups imply: precision = implied pairs that share a photo / implied pairs; recall = / pairs that share a photo.
 The calibrated threshold is the one of best F0.5 (precision weighs twice recall: a wrong group proposes removing a
 distinct photo, a missed copy only costs space); of tied thresholds, the middle one.
 """
@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
+from . import pixel_check as pixels
 from .dedup import NeighbourGraph, nearest_kept_groups
 
-GRID = tuple(round(t, 3) for t in np.arange(0.85, 0.9951, 0.005))
+# from 0.80: with the pixel check the embedding only proposes candidates, so the best threshold sits lower
+GRID = tuple(round(t, 3) for t in np.arange(0.80, 0.9951, 0.005))
 
 
 def _jpeg_q40(im: Image.Image) -> Image.Image:
@@ -84,34 +86,56 @@ def pair_precision_recall(groups, families) -> tuple[float, float]:
 
 @dataclass
 class Calibration:
-    """The chosen threshold, its pair precision/recall, and the whole curve [(threshold, precision, recall)]."""
+    """The chosen threshold, its pair precision/recall, and the whole curve [(threshold, precision, recall)].
+
+    These are `btembed dedup`'s default, with the pixel check; `embedding_only` is the (threshold, precision,
+    recall) point of best F0.5 without it (`--no-pixel-check`), None when not measured.
+    """
 
     threshold: float
     precision: float
     recall: float
     photos: int
     curve: list
+    embedding_only: tuple | None = None
 
     def metrics(self, dataset: str) -> dict:
         """Entries for a model config's metrics, saying how they were measured."""
-        protocol = ("pairs implied by `btembed dedup` groups (nearest kept image, k=16) on each photo + 7 edits "
+        def protocol(threshold, check):
+            return ("pairs implied by `btembed dedup` groups (nearest kept image, k=16"
+                    + (", pixel check" if check else ", no pixel check") + ") on each photo + 7 edits "
                     "(JPEG q40, half size, 85 % crop, +20 % brightness, 5° rotation, watermark, mirror), "
-                    f"at threshold {self.threshold}")
-        return {"dedup_pair_precision": {"value": round(self.precision, 4), "dataset": dataset, "protocol": protocol},
-                "dedup_pair_recall": {"value": round(self.recall, 4), "dataset": dataset, "protocol": protocol}}
+                    f"at threshold {threshold}")
+        out = {f"dedup_pair_{k}": {"value": round(v, 4), "dataset": dataset, "protocol": protocol(self.threshold, True)}
+               for k, v in (("precision", self.precision), ("recall", self.recall))}
+        if self.embedding_only is not None:
+            t, p, r = self.embedding_only
+            out.update({f"dedup_pair_{k}_embedding_only": {"value": round(v, 4), "dataset": dataset,
+                                                           "protocol": protocol(t, False)}
+                        for k, v in (("precision", p), ("recall", r))})
+        return out
 
 
-def curve_of(vectors: np.ndarray, families: np.ndarray, pixels: np.ndarray, grid=GRID, k: int = 16) -> list:
-    """[(threshold, precision, recall)] of the dedup grouping over a set of embedded families."""
+def curve_of(vectors: np.ndarray, families: np.ndarray, sizes: np.ndarray, grid=GRID, k: int = 16,
+             thumbs: list | None = None) -> list:
+    """[(threshold, precision, recall)] of the dedup grouping over a set of embedded families.
+
+    thumbs: each image's pixel_check.thumbnail; given, pairs must pass the pixel check as in `btembed dedup`.
+    """
     sims = vectors @ vectors.T
     graph = NeighbourGraph()
     for i, row in enumerate(sims):
         for j in np.argsort(-row)[: k + 1]:
             graph.add(i, int(j), float(row[j]))
+    passed = None
+    if thumbs is not None:
+        pairs = [(a, b) for a, nb in graph.edges.items() for b, s in nb.items() if a < b and s >= min(grid)]
+        passed = pixels.passing_pairs(pairs, dict(enumerate(thumbs)))
     # keep order of `btembed dedup`: most pixels first; among equals the photo before its edits
-    order = {i: (-int(pixels[i]), i) for i in range(len(vectors))}
+    order = {i: (-int(sizes[i]), i) for i in range(len(vectors))}
     fam = dict(enumerate(families.tolist()))
-    return [(t, *pair_precision_recall(nearest_kept_groups(graph, t, order.__getitem__), fam)) for t in grid]
+    return [(t, *pair_precision_recall(nearest_kept_groups(graph if passed is None else graph.only(t, passed), t,
+                                                           order.__getitem__), fam)) for t in grid]
 
 
 def best_point(curve, beta: float = 0.5) -> tuple[float, float, float]:
@@ -133,7 +157,7 @@ def calibrate_threshold(embedder, photos, grid=GRID) -> Calibration:
         raise ValueError("calibration needs at least two photos")
     images, families = near_duplicate_families(photos)
     vectors = embedder.embed(images, num_workers=0)
-    pixels = np.array([im.width * im.height for im in images])
-    curve = curve_of(vectors, families, pixels, grid)
+    sizes = np.array([im.width * im.height for im in images])
+    curve = curve_of(vectors, families, sizes, grid, thumbs=[pixels.thumbnail(im) for im in images])
     t, p, r = best_point(curve)
-    return Calibration(t, p, r, len(photos), curve)
+    return Calibration(t, p, r, len(photos), curve, best_point(curve_of(vectors, families, sizes, grid)))

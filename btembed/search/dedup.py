@@ -7,6 +7,10 @@ never within the threshold of each other, and a chain a~b~c cannot pull a and c 
 always join each other, whatever the threshold. Blank images (one flat colour, e.g. transparent clip-art composited
 on white) look alike to any model: they are reported apart instead of forming one huge group at 1.0.
 
+The pixel check (search/pixel_check.py, on by default) is the second stage: a pair the embedding puts within the
+threshold is a duplicate only when the two small pictures agree too (one photo, edited), so two different photos
+the model sees as one kind of thing (two textures, an apple and an orange) stay apart.
+
 Which copy is kept (the keep rules): largest = most pixels, then most bytes; oldest = oldest modification time, then
 most pixels and bytes. Ties (byte-identical copies above all) go to the likely original, always the same way: the
 older modification time, then the name without a copy marker (" copy", "-copy", "Copy of ", " (1)", "_1" ...),
@@ -20,11 +24,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
 from ..errors import BtembedError
 from ..modelfiles import sha256_file
 from ..names import path_fields, shown
+from . import pixel_check as pixels
 from .search import ImageIndex
 
 DEFAULT_THRESHOLD = 0.95  # for a model folder whose config records no calibrated duplicate_threshold
@@ -66,13 +69,15 @@ class Duplicates:
     threshold: float
     threshold_source: str
     keep: str = "largest"
+    pixel_check: bool = True
 
     def to_dict(self, root: str | os.PathLike | None = None) -> dict:
         """The one document of `btembed dedup --json` and `GET /api/duplicates`."""
         def where(p):  # a name that is not UTF-8 as text (U+FFFD); members keep path_bytes (btembed.names)
             return shown(os.path.join(root, p) if root is not None else p)
         return {"groups": [{"members": [m.to_dict(root) for m in g]} for g in self.groups],
-                "blank": [where(p) for p in self.blank], "threshold": self.threshold, "keep": self.keep}
+                "blank": [where(p) for p in self.blank], "threshold": self.threshold, "keep": self.keep,
+                "pixel_check": self.pixel_check}
 
     def actions(self, root: str | os.PathLike | None = None) -> dict:
         """What to keep and what could be removed, per group (a list to act on: nothing is deleted here)."""
@@ -100,6 +105,15 @@ class NeighbourGraph:
     def linked(self, a: int, b: int, score: float, threshold: float) -> bool:
         """True when a and b count as duplicates at this threshold."""
         return score >= threshold or frozenset((a, b)) in self.exact
+
+    def only(self, threshold: float, passed: set[frozenset]) -> "NeighbourGraph":
+        """The graph of the pairs within the threshold that passed a check, and of the byte-identical ones."""
+        out = NeighbourGraph(exact=set(self.exact))
+        for a, nb in self.edges.items():
+            for b, s in nb.items():
+                if frozenset((a, b)) in self.exact or (s >= threshold and frozenset((a, b)) in passed):
+                    out.add(a, b, s)
+        return out
 
 
 def neighbour_graph(index: ImageIndex, k: int = 16, floor: float = 0.0, chunk: int = 4096) -> NeighbourGraph:
@@ -160,11 +174,12 @@ def nearest_kept_groups(graph: NeighbourGraph, threshold: float, keep_key: Calla
 
 @dataclass
 class FileFacts:
-    """What the keep rules and the blank test need to know about one file."""
+    """What the keep rules, the blank test and the pixel check need to know about one file."""
 
     width: int = 0
     height: int = 0
     blank: bool = False
+    thumb: object = None  # pixel_check.thumbnail of the picture (64 x 64 RGB uint8), None when unreadable
 
 
 def inspect_file(path: str | os.PathLike) -> FileFacts:
@@ -181,7 +196,7 @@ def inspect_file(path: str | os.PathLike) -> FileFacts:
         small = open_image(path, min_size=64)
         small.thumbnail((128, 128))
         blank = all(hi - lo <= BLANK_RANGE for lo, hi in small.getextrema())
-        return FileFacts(width, height, blank)
+        return FileFacts(width, height, blank, pixels.thumbnail(small))
     except (OSError, ValueError, BtembedError, Image.DecompressionBombError):
         return FileFacts()
 
@@ -209,38 +224,46 @@ def keep_key(rule: str, rows: dict, facts: dict) -> Callable[[int], tuple]:
     return largest if rule == "largest" else oldest
 
 
-def model_threshold(index: ImageIndex) -> tuple[float, str]:
-    """The calibrated duplicate threshold of the model the folder was indexed with, or 0.95 and why."""
+def model_threshold(index: ImageIndex, pixel_check: bool = True) -> tuple[float, str]:
+    """The calibrated duplicate threshold of the model the folder was indexed with, or 0.95 and why.
+
+    With the pixel check the model's `duplicate_threshold` holds; without it, `duplicate_threshold_embedding_only`
+    (a threshold calibrated with the check sits lower, where the embedding alone groups distinct photos).
+    """
     from ..modelfolder import ModelFolder
 
+    key = "duplicate_threshold" if pixel_check else "duplicate_threshold_embedding_only"
     value = None
     try:
         if index._embedder is not None:
-            value = index._embedder.config.duplicate_threshold
+            config = index._embedder.config
         else:
             meta = index.catalog.meta()
-            model = ModelFolder.resolve(meta.get("model_source"), revision=meta.get("model_revision"))
-            value = model.config.duplicate_threshold
+            config = ModelFolder.resolve(meta.get("model_source"), revision=meta.get("model_revision")).config
+        value = getattr(config, key)
     except (BtembedError, OSError):
         value = None
     if value is None:
-        return DEFAULT_THRESHOLD, (f"threshold {DEFAULT_THRESHOLD}: the folder's model records no calibrated "
-                                   "duplicate_threshold (--threshold sets one)")
-    return float(value), f"threshold {value}: the model's calibrated duplicate_threshold"
+        return DEFAULT_THRESHOLD, (f"threshold {DEFAULT_THRESHOLD}: the folder's model records no calibrated {key} "
+                                   "(--threshold sets one)")
+    return float(value), f"threshold {value}: the model's calibrated {key}"
 
 
 def find_duplicates(index: ImageIndex, threshold: float | None = None, *, k: int = 16, keep: str = "largest",
                     graph: NeighbourGraph | None = None, facts: dict | None = None,
-                   leave_out: set[str] = frozenset()) -> Duplicates:
+                    leave_out: set[str] = frozenset(), pixel_check: bool = True,
+                    checks: dict | None = None) -> Duplicates:
     """Groups of near-duplicate images of an indexed folder (see the module docstring for the rule).
 
     threshold: cosine to the kept image; None takes the model's calibrated value (0.95 when it has none).
     graph/facts: reuse a neighbour graph built at a lower floor and per-file facts across calls (the server does).
     leave_out: relative paths to treat as absent (the server's images that a symlink leads out of the folder).
+    pixel_check: a pair within the threshold must also pass the pixel check (search/pixel_check.py) to group.
+    checks: pixel-check results by pair, reused across calls (a pair's result does not depend on the threshold).
     """
     source = "--threshold"
     if threshold is None:
-        threshold, source = model_threshold(index)
+        threshold, source = model_threshold(index, pixel_check)
     if not -1.0 <= threshold <= 1.0:
         raise BtembedError(f"the threshold is a cosine similarity between -1 and 1, not {threshold}")
     graph = graph if graph is not None else neighbour_graph(index, k=k, floor=min(threshold, 1.0))
@@ -254,7 +277,10 @@ def find_duplicates(index: ImageIndex, threshold: float | None = None, *, k: int
             facts[i] = inspect_file(index.root / rows[i].path)
     blank = {i for i in rows if facts[i].blank}
     gone = set(candidates) - set(rows)
-    groups = nearest_kept_groups(graph, threshold, keep_key(keep, rows, facts), skip=blank | gone)
+    skip = blank | gone
+    if pixel_check:
+        graph = graph.only(threshold, checked_pairs(graph, threshold, facts, skip, checks))
+    groups = nearest_kept_groups(graph, threshold, keep_key(keep, rows, facts), skip=skip)
     out = []
     for g in groups:
         vecs = index.catalog.fetch(g)
@@ -265,4 +291,22 @@ def find_duplicates(index: ImageIndex, threshold: float | None = None, *, k: int
         members[1:] = sorted(members[1:], key=lambda m: (-m.exact, -m.score, m.path))
         out.append(members)
     out.sort(key=lambda g: (-len(g), g[0].path))
-    return Duplicates(out, sorted(rows[i].path for i in blank), float(threshold), source, keep)
+    return Duplicates(out, sorted(rows[i].path for i in blank), float(threshold), source, keep, pixel_check)
+
+
+def checked_pairs(graph: NeighbourGraph, threshold: float, facts: dict, skip: set,
+                  checks: dict | None = None) -> set[frozenset]:
+    """The pairs within the threshold (byte-identical ones aside) whose pictures pass the pixel check.
+
+    A picture that cannot be read now passes with nobody: what cannot be looked at is not called a copy.
+    """
+    checks = {} if checks is None else checks
+    pairs = [(a, b) for a, nb in graph.edges.items() for b, s in nb.items()
+             if a < b and s >= threshold and a not in skip and b not in skip
+             and frozenset((a, b)) not in graph.exact
+             and facts.get(a) is not None and facts[a].thumb is not None
+             and facts.get(b) is not None and facts[b].thumb is not None]
+    new = [pair for pair in pairs if frozenset(pair) not in checks]
+    passed = pixels.passing_pairs(new, {n: facts[n].thumb for pair in new for n in pair})
+    checks.update({frozenset(pair): frozenset(pair) in passed for pair in new})
+    return {frozenset(pair) for pair in pairs if checks[frozenset(pair)]}

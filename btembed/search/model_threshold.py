@@ -101,6 +101,8 @@ def record_threshold(model: ModelFolder, calibration: Calibration, dataset: str)
     config, card = model.config, model.file(CARD_FILE)
     own_card = not card.exists() or card.read_text() == render_card(config)
     config.duplicate_threshold = calibration.threshold
+    if calibration.embedding_only is not None:
+        config.duplicate_threshold_embedding_only = calibration.embedding_only[0]
     config.metrics.update(calibration.metrics(dataset))
     config.save(model.path)
     if own_card:

@@ -68,14 +68,15 @@ def _search(gen: Generation, query, k: int) -> list[dict]:
     return _relative(gen, gen.index.search(query, k=k + len(gen.outside)), k)
 
 
-def _duplicates(gen: Generation, threshold: float | None, keep: str):
+def _duplicates(gen: Generation, threshold: float | None, keep: str, pixel_check: bool = True):
     if threshold is None:
-        threshold = _model_threshold(gen)[0]
+        threshold = model_threshold(gen.index, pixel_check)[0] if not pixel_check else _model_threshold(gen)[0]
     floor = min(SLIDER_FLOOR, threshold)
     if gen.cache.get("floor", 2.0) > floor:
         gen.cache["graph"], gen.cache["floor"] = neighbour_graph(gen.index, floor=floor), floor
     return find_duplicates(gen.index, threshold, keep=keep, graph=gen.cache["graph"],
-                           facts=gen.cache.setdefault("facts", {}), leave_out=gen.outside)
+                           facts=gen.cache.setdefault("facts", {}), leave_out=gen.outside,
+                           pixel_check=pixel_check, checks=gen.cache.setdefault("checks", {}))
 
 
 def _model_threshold(gen: Generation) -> tuple[float, str]:
@@ -158,13 +159,15 @@ def create_app(folder: str | os.PathLike, *, db: str | os.PathLike | None = None
 
     @app.get("/api/duplicates", summary="Near-duplicate groups, the kept image first (as `btembed dedup --json`)")
     def duplicates(threshold: float | None = Query(None, ge=-1.0, le=1.0),
-                   keep: str = Query("largest", pattern="^(" + "|".join(KEEP_RULES) + ")$")):
-        return live.call(lambda g: _duplicates(g, threshold, keep).to_dict())
+                   keep: str = Query("largest", pattern="^(" + "|".join(KEEP_RULES) + ")$"),
+                   pixel_check: bool = Query(True, description="pairs must also pass the pixel check")):
+        return live.call(lambda g: _duplicates(g, threshold, keep, pixel_check).to_dict())
 
     @app.get("/api/actions", summary="What to keep and what could be removed (as `btembed dedup --actions`)")
     def actions(threshold: float | None = Query(None, ge=-1.0, le=1.0),
-                keep: str = Query("largest", pattern="^(" + "|".join(KEEP_RULES) + ")$")):
-        return live.call(lambda g: _duplicates(g, threshold, keep).actions())
+                keep: str = Query("largest", pattern="^(" + "|".join(KEEP_RULES) + ")$"),
+                pixel_check: bool = Query(True, description="pairs must also pass the pixel check")):
+        return live.call(lambda g: _duplicates(g, threshold, keep, pixel_check).actions())
 
     @app.get("/api/thumb", summary="A JPEG thumbnail of an indexed image, its longer side SIZE rounded up to "
                                    "64/128/256/512/1024 and never enlarged (cached under the index folder)",
