@@ -5,7 +5,8 @@
   python bench/dedup_threshold.py crossval PHOTOS [--model M]               # calibrate on one half, measure the other
 
 Families: each photo and its seven edits (btembed/search/calibrate.py). `measure` writes them as files, runs
-`btembed index` and `find_duplicates` (k=16, keep the largest) on the folder and scores the pairs its groups imply.
+`btembed index` and `find_duplicates` (k=16, keep the largest; with and without the pixel check) on the folder and
+scores the pairs its groups imply.
 --record writes the calibrated threshold and its precision/recall into the model folder's config.json.
 """
 from __future__ import annotations
@@ -46,11 +47,13 @@ def measure(photos: list[Image.Image], model: str | None, thresholds: list[float
         index = ImageIndex.open(root)
         try:
             out = []
-            for t in thresholds:
-                found = find_duplicates(index, t)
-                p, r = pair_precision_recall([[m.path for m in g] for g in found.groups], family_of)
-                out.append({"threshold": t, "precision": round(p, 4), "recall": round(r, 4),
-                            "groups": len(found.groups), "largest_group": max(map(len, found.groups), default=0)})
+            for check in (True, False):  # side by side: the pixel check on (the default) and off
+                for t in thresholds:
+                    found = find_duplicates(index, t, pixel_check=check)
+                    p, r = pair_precision_recall([[m.path for m in g] for g in found.groups], family_of)
+                    out.append({"threshold": t, "pixel_check": check, "precision": round(p, 4), "recall": round(r, 4),
+                                "groups": len(found.groups),
+                                "largest_group": max(map(len, found.groups), default=0)})
             return out
         finally:
             index.close()
