@@ -102,3 +102,9 @@ def run_torchrun(cmd: list[str], cwd, env: dict, timeout: float):
             proc.communicate()
         raise
     return proc.returncode, stderr
+
+
+def pretend_torchrun_rank(monkeypatch, rank: int, world_size: int = 2) -> None:
+    """The environment torchrun gives one rank (no process group is started)."""
+    for key, value in (("WORLD_SIZE", world_size), ("RANK", rank), ("LOCAL_RANK", rank), ("MASTER_ADDR", "127.0.0.1")):
+        monkeypatch.setenv(key, str(value))

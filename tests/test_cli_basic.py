@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import NO_NETWORK_CLI
+from conftest import NO_NETWORK_CLI, pretend_torchrun_rank
 
 
 def btembed(*args, env=None, timeout=120):
@@ -128,10 +128,7 @@ def test_search_of_a_file_says_it_is_a_file(photo_paths, capsys):
 def test_commands_that_do_not_shard_are_refused_under_torchrun(rank, photo_paths, monkeypatch, capsys):
     from btembed.cli import main
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", str(rank))
-    monkeypatch.setenv("LOCAL_RANK", str(rank))
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    pretend_torchrun_rank(monkeypatch, rank)
     assert main(["search", str(photo_paths[0].parent), str(photo_paths[0])]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""  # no results printed once per rank

@@ -16,6 +16,7 @@ from PIL import Image
 from btembed.search import ImageIndex, IndexOptions, index_folder
 from btembed.search.catalog import CATALOG_FILE, Catalog, VectorRef
 from btembed.search.shardfile import VECTOR_DIR
+from tests.conftest import pretend_torchrun_rank
 
 HERE = Path(__file__).resolve().parent
 
@@ -172,10 +173,7 @@ def test_embed_under_torchrun_says_what_the_walk_found_once(tmp_path, capsys, mo
     """Every rank walks the same inputs; each said its failures (and a path that is not there), one line per rank."""
     from btembed.cli import main
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", str(rank))
-    monkeypatch.setenv("LOCAL_RANK", str(rank))
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    pretend_torchrun_rank(monkeypatch, rank)
     empty = tmp_path / "empty"
     empty.mkdir()
     os.mkfifo(empty / "pipe.jpg")
