@@ -110,6 +110,8 @@ def _threshold_text(config: ModelConfig) -> str:
     if isinstance(p, dict) and isinstance(r, dict) and "value" in p and "value" in r:
         text += (f", the best F0.5 on {p.get('dataset', 'photos')}: pair precision {p['value']}, recall "
                  f"{r['value']} of the {p.get('protocol', 'pairs its groups imply')}")
+    if config.duplicate_threshold_embedding_only is not None:
+        text += f"; {config.duplicate_threshold_embedding_only} with `--no-pixel-check`"
     return text
 
 
