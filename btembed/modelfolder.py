@@ -39,11 +39,15 @@ class ModelFolder:
 
         path, name, origin = locate(name_or_path, revision=revision)
         config = ModelConfig.load(path)
-        if config.duplicate_threshold is None and origin != "folder":
+        thresholds = ("duplicate_threshold", "duplicate_threshold_embedding_only")
+        if origin != "folder" and any(getattr(config, k) is None for k in thresholds):
             # Calibrated after these files were made (a Hub upload, an earlier conversion): the registry carries it.
             from .sources import registry_entry
 
-            config.duplicate_threshold = (registry_entry(name) or {}).get("duplicate_threshold")
+            entry = registry_entry(name) or {}
+            for key in thresholds:
+                if getattr(config, key) is None:
+                    setattr(config, key, entry.get(key))
         return cls(Path(path), config, name=name, revision=revision, origin=origin)
 
     @classmethod

@@ -51,7 +51,8 @@ def calibrate_dedup(model_name: str, photos: str | Path, *, record: bool = False
         say(f"wrote it into {model.file('config.json')}" + (" and the card" if redrawn
                                                             else " (the card is hand-written: left as it is)"))
     if entry is not None:
-        record_duplicate_threshold(entry, calibration.threshold, calibration.metrics(dataset), path=path)
+        record_duplicate_threshold(entry, calibration.threshold, calibration.metrics(dataset), path=path,
+                                   embedding_only=calibration.embedding_only[0] if calibration.embedding_only else None)
         say(f"recorded it in the registry entry {entry} ({path})")
     return {"model": model.display_name, "threshold": calibration.threshold,
             "precision": round(calibration.precision, 4), "recall": round(calibration.recall, 4),

@@ -16,7 +16,8 @@ from btembed.errors import BtembedError
 
 REGISTRY_PATH = Path(__file__).resolve().parent.parent / "btembed" / "registry.json"
 ENTRY_KEYS = ("repo_id", "released", "revision", "architecture", "embedding_dim", "license", "files", "metrics",
-              "embedded", "description", "source", "duplicate_threshold")
+              "embedded", "description", "source", "duplicate_threshold", "duplicate_threshold_embedding_only")
+THRESHOLD_KEYS = ("duplicate_threshold", "duplicate_threshold_embedding_only")  # with / without the pixel check
 SOURCE_KEYS = ("url", "sha256", "size", "format", "license", "reported")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -68,18 +69,19 @@ def entry_from_folder(folder: str | Path, repo_id: str, revision: str | None,
         "embedded": embedded,
         "description": description or (config.source or {}).get("description", "") or config.name,
         # absent when the folder records none: set_entry then keeps a value the registry already carries
-        **({"duplicate_threshold": config.duplicate_threshold} if config.duplicate_threshold is not None else {}),
+        **{k: getattr(config, k) for k in THRESHOLD_KEYS if getattr(config, k) is not None},
     }
 
 
 def check_entry(name: str, entry: dict) -> list[str]:
     """Rule violations of one entry (empty when it is fine)."""
-    optional = ("embedded", "source", "duplicate_threshold")
+    optional = ("embedded", "source", *THRESHOLD_KEYS)
     problems = [f"{name}: missing key {k!r}" for k in ENTRY_KEYS if k not in entry and k not in optional]
     problems += check_source(name, entry)
-    threshold = entry.get("duplicate_threshold")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
-        problems.append(f"{name}: duplicate_threshold {threshold!r} is not a cosine in (0, 1]")
+    for key in THRESHOLD_KEYS:
+        threshold = entry.get(key)
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+            problems.append(f"{name}: {key} {threshold!r} is not a cosine in (0, 1]")
     if entry.get("released"):
         if not _SHA1.match(str(entry.get("revision") or "")):
             problems.append(f"{name}: released but its revision is not a 40-hex commit sha")
@@ -144,14 +146,18 @@ def set_entry(name: str, entry: dict, *, make_default: bool = False, path: str |
     return registry
 
 
-def record_duplicate_threshold(name: str, threshold: float, metrics: dict, *, path: str | Path = REGISTRY_PATH) -> None:
-    """Put a calibrated duplicate threshold and its measured precision/recall into an existing entry."""
+def record_duplicate_threshold(name: str, threshold: float, metrics: dict, *, embedding_only: float | None = None,
+                               path: str | Path = REGISTRY_PATH) -> None:
+    """Put a calibrated duplicate threshold (and the one without the pixel check, when calibrated) and their
+    measured precision/recall into an existing entry."""
     registry = read_registry(path)
     entry = registry.get("models", {}).get(name)
     if entry is None:
         raise RegistryError(f"registry {path} has no entry {name!r}; add it first (python -m hub registry add) or "
                             "name an existing one with --name")
     entry["duplicate_threshold"] = threshold
+    if embedding_only is not None:
+        entry["duplicate_threshold_embedding_only"] = embedding_only
     entry.setdefault("metrics", {}).update(metrics)
     problems = check_registry(registry)
     if problems:

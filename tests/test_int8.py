@@ -49,6 +49,21 @@ def test_recall_and_cosine_measure_neighbour_agreement():
     assert recall_at_k(ref[::-1].copy(), ref) < 0.5
 
 
+def test_recall_within_galleries_compares_sets_of_one_size():
+    ref = unit_rows(120)
+    noisy = ref + 0.3 * unit_rows(120, seed=1)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    whole = agreement(noisy, ref)
+    assert agreement(noisy, ref, gallery=120) == whole == agreement(noisy, ref, gallery=1000)
+    # galleries of ~40: every third row, neighbours found among those rows only, averaged over all 120 images
+    thirds = [recall_at_k(noisy[i::3], ref[i::3]) for i in range(3)]
+    small = agreement(noisy, ref, gallery=40)
+    assert small["recall_at_10"] == pytest.approx(np.mean(thirds)) and small["images"] == 120
+    assert small["mean_cosine"] == whole["mean_cosine"]
+    # fewer candidates crowd a neighbourhood less: recall is higher in the smaller sets
+    assert small["recall_at_10"] > whole["recall_at_10"]
+
+
 def test_vnni_is_read_from_the_cpu_flags(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f\n")
@@ -148,6 +163,41 @@ def test_sweep_units_follow_the_resnet_modules(int8_folder):
     assert list(sweep_units(model, "stage")) == ["stem", "layer1", "layer2", "layer3", "layer4"]
     blocks = sweep_units(model, "block")
     assert len(blocks) == 9 and sum(map(len, blocks.values())) == sum(map(len, sweep_units(model, "stage").values()))
+
+
+def test_int8_rewrites_keep_the_fp32_function_and_take_the_weight_rounding_off_the_biases(int8_folder, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from btembed.backends.int8 import Quantizer, embed_with, equalization_groups
+
+    config = ModelConfig.load(int8_folder)
+    fp32 = OnnxBackend(int8_folder, config, device="cpu").path
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    quantizer = Quantizer(fp32, tmp_path / "work", pixels, config)
+    # ResNet-18: one residual stream per stage (the stem's output joins layer1's) + the inside of each block
+    assert quantizer.equalized == 12 and quantizer.bias_correction
+    groups = equalization_groups(onnx.load(str(tmp_path / "work" / "prepared.onnx")))
+    assert len(groups) == 12 and sum(len(g.pools) for g in groups) == 1  # layer4's scale is undone after the pool
+    reference = embed_with(fp32, config, pixels)
+    assert np.abs(embed_with(quantizer.prepared, config, pixels) - reference).max() < 1e-4  # the same function
+    corrections = quantizer.corrections("MinMax")
+    stem = quantizer.units("block")["stem"]
+    corrected = onnx.load(str(quantizer.correct_biases("MinMax", stem, tmp_path / "corrected.onnx")))
+    prepared = onnx.load(str(quantizer.prepared))
+    before = {i.name: numpy_helper.to_array(i) for i in prepared.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in corrected.graph.initializer}
+    convs = [n for n in corrected.graph.node if n.op_type == "Conv"]
+    assert len(corrections) == len(convs) == 20
+    for conv in convs:  # the biases of quantized convolutions move by the correction, those kept in fp32 do not
+        bias = conv.input[2] if len(conv.input) > 2 else ""  # random BN statistics fold into no bias at all
+        shift = before.get(bias, 0) - after.get(bias, 0)
+        expected = 0 if conv.name in stem else corrections[conv.name]
+        np.testing.assert_allclose(shift, expected, atol=1e-5)
+    figures = agreement(embed_with(quantizer.quantize("MinMax", stem, tmp_path / "int8.onnx"), config, pixels),
+                        reference)
+    assert figures["mean_cosine"] > 0.9
+    assert "channel equalization (power 0.5, 12 groups)" in int8_module.rewrites(quantizer)
 
 
 class FakeQuantizer:

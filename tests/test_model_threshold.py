@@ -164,6 +164,23 @@ def test_registry_rules_for_the_threshold(tmp_path):
     assert entry["duplicate_threshold"] == 0.955 and check_entry("org/m", entry) == []
     assert check_entry("org/m", {**entry, "duplicate_threshold": 1.5}) == \
         ["org/m: duplicate_threshold 1.5 is not a cosine in (0, 1]"]
+    assert "duplicate_threshold_embedding_only" not in entry
+    config.duplicate_threshold_embedding_only = 0.99  # `btembed dedup --no-pixel-check` reads this one
+    config.save(folder)
+    entry = entry_from_folder(folder, "org/m", None)
+    assert entry["duplicate_threshold_embedding_only"] == 0.99 and check_entry("org/m", entry) == []
+    assert check_entry("org/m", {**entry, "duplicate_threshold_embedding_only": 0}) == \
+        ["org/m: duplicate_threshold_embedding_only 0 is not a cosine in (0, 1]"]
+
+
+def test_the_registry_records_both_thresholds_of_a_calibration(tmp_path):
+    from hub.registry_tools import record_duplicate_threshold
+
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps(REAL_REGISTRY))
+    record_duplicate_threshold("btembed/r50", 0.88, {}, embedding_only=0.97, path=registry)
+    entry = json.loads(registry.read_text())["models"]["btembed/r50"]
+    assert (entry["duplicate_threshold"], entry["duplicate_threshold_embedding_only"]) == (0.88, 0.97)
 
 
 def test_a_converted_model_takes_the_registry_value(tmp_path, monkeypatch):
@@ -200,9 +217,11 @@ def test_a_converted_model_takes_the_registry_value(tmp_path, monkeypatch):
     use_registry(tmp_path / "without.json", {"test/r18": bare})
     sources.fetch("test/r18", from_file=file)
     assert ModelFolder.resolve("test/r18").config.duplicate_threshold is None
-    use_registry(tmp_path / "later.json", {"test/r18": {**bare, "duplicate_threshold": 0.97}})
+    use_registry(tmp_path / "later.json", {"test/r18": {**bare, "duplicate_threshold": 0.97,
+                                                         "duplicate_threshold_embedding_only": 0.985}})
     model = ModelFolder.resolve("test/r18")
     assert model.origin == "cache" and model.config.duplicate_threshold == 0.97
+    assert model.config.duplicate_threshold_embedding_only == 0.985
     assert ModelConfig.load(model.path).duplicate_threshold is None  # btembed's cache is not rewritten
     assert os.fspath(model.path).startswith(str(tmp_path / "cache2"))
 

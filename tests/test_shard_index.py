@@ -185,3 +185,37 @@ def test_embed_under_torchrun_says_what_the_walk_found_once(tmp_path, capsys, mo
             assert said in err and len(err.strip().splitlines()) == (2 if "nothing" in said else 1), err
         else:
             assert err == ""
+
+
+class OneRankOfTwo:
+    """A RankGroup stand-in: rank 0 sends what broadcast is given; rank 1 receives what rank 0 sent."""
+
+    def __init__(self, rank: int, sent: dict | None = None):
+        self.rank, self.sent, self.received = rank, sent, None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, message=None):
+        self.received = message
+        return message if self.is_main else self.sent
+
+
+def test_embed_ranks_run_at_rank_0s_precision(tmp_path, tiny_model_dir):
+    from argparse import Namespace
+
+    from btembed.commands.embed import shared_precision
+    from btembed.errors import BtembedError
+
+    args = Namespace(precision="auto", model=str(tiny_model_dir), revision=None, device="cpu", backend="auto")
+    main = OneRankOfTwo(0)
+    assert shared_precision(main, args) == "fp32"  # no int8 file: rank 0 judges fp32 ...
+    assert main.received == {"precision": "fp32"}  # ... and sends it
+    other = OneRankOfTwo(1, sent={"precision": "int8"})
+    assert shared_precision(other, args) == "int8" and other.received is None  # taken from rank 0, not judged
+    assert shared_precision(OneRankOfTwo(1, sent={"error": "no such model"}), args) is None
+    with pytest.raises(BtembedError, match="not a btembed model folder|no such|cannot"):
+        shared_precision(OneRankOfTwo(0), Namespace(**{**vars(args), "model": str(tmp_path)}))
+    forced = Namespace(**{**vars(args), "precision": "fp32"})
+    assert shared_precision(OneRankOfTwo(1, sent=None), forced) == "fp32"  # a forced precision needs no message

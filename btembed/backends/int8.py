@@ -2,12 +2,22 @@
 activations), the calibration method chosen by measurement, and the parts of the trunk that a sensitivity sweep
 finds most damaging kept in fp32.
 
+Before quantizing, two rewrites of the fp32 graph make int8 land closer to it (docs/onnx.md has what each gains):
+* channel equalization: a tensor between convolutions (through Relu, MaxPool and residual Adds) is quantized with one
+  range for all its channels, so channels whose values are small get few of the 256 levels. Each channel is scaled
+  up by the convolutions that produce it and down again in the weights of those that read it (or after the global
+  pool): the same function in fp32, finer levels in int8.
+* bias correction: per-channel int8 weights are rounded once, so their error is the same for every image and its
+  mean effect on each output channel (the rounding error times the mean of the input) is a bias; it is taken off the
+  convolution's bias (measured on the calibration images, for every convolution that is quantized).
+
 Everything is measured against the fp32 graph on the calibration images (`recall@10` within the set, then mean
 cosine); the export then measures the result once more on images held apart from all of this (parity.py).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import tempfile
@@ -41,6 +51,11 @@ CALIBRATOR_OPTIONS = {"MinMax": {}, "Entropy": {"symmetric": False},
 SEARCH_MARGIN = 0.002
 # sweep level "auto" takes the finest level with at most this many units (ResNet-18: blocks; ResNet-50: stages).
 MAX_AUTO_UNITS = 10
+# Channel equalization: each channel's range r is scaled by (R / r) ** EQUALIZE_POWER, R the tensor's widest channel
+# (1 = all channels as wide as the widest: finest activations, but the weights that read a small channel shrink and
+# round coarser; 0.5 splits the difference). Ops a channel passes through unchanged in scale (positively homogeneous).
+EQUALIZE_POWER = 0.5
+EQUALIZE_THROUGH = ("Relu", "MaxPool")
 TRUNK = re.compile(r"encoder\.trunk\.(layer\d+)(?:\.(\d+))?(?:\.([a-z_]+\d*))?")
 
 
@@ -72,11 +87,12 @@ class Int8Choice:
     level: str
     reduce_range: bool
     trials: list = field(default_factory=list)
-    sensitivity: dict = field(default_factory=dict)  # unit -> recall@10 gained by keeping it alone in fp32
+    sensitivity: dict = field(default_factory=dict)  # unit -> recall@10 lost by quantizing it alone
+    rewrites: list = field(default_factory=list)  # what was done to the fp32 graph before quantizing
 
     def to_dict(self) -> dict:
         return {"method": self.method, "kept_fp32": self.kept_units, "kept_fp32_nodes": len(self.kept_nodes),
-                "sweep_level": self.level, "reduce_range": self.reduce_range,
+                "sweep_level": self.level, "reduce_range": self.reduce_range, "rewrites": self.rewrites,
                 "sensitivity": {k: round(v, 4) for k, v in self.sensitivity.items()},
                 "trials": [{"method": t.method, "kept_fp32": list(t.kept_fp32),
                             "recall_at_10": round(t.recall_at_10, 4), "mean_cosine": round(t.mean_cosine, 5),
@@ -135,11 +151,180 @@ def _reader(pixels: np.ndarray):
     return PixelReader()
 
 
+def channel_statistics(model, tensors: list[str], pixels: np.ndarray, batch_size: int = 16) -> tuple[dict, dict]:
+    """Per-channel max |x| and mean of some NCHW tensors of an fp32 graph over pixels -> (absmax, mean) by name."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in outputs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    absmax: dict[str, np.ndarray] = {}
+    total: dict[str, np.ndarray] = {}
+    for start in range(0, len(pixels), batch_size):
+        batch = pixels[start:start + batch_size]
+        for name, x in zip(tensors, session.run(tensors, {INPUT_NAME: batch})):
+            absmax[name] = np.maximum(absmax.get(name, 0), np.abs(x).max(axis=(0, 2, 3)))
+            total[name] = total.get(name, 0) + x.mean(axis=(2, 3)).sum(axis=0)
+    return absmax, {name: t / len(pixels) for name, t in total.items()}
+
+
+@dataclass
+class EqualizationGroup:
+    """Tensors that must share one per-channel scale: convolution outputs joined by Relu, MaxPool and Adds."""
+
+    tensors: list
+    producers: list  # Conv nodes whose output channels are scaled up
+    readers: list  # Conv nodes whose input channels are scaled down
+    pools: list  # ReduceMean / GlobalAveragePool nodes after which the scale is undone
+
+
+def equalization_groups(model) -> list[EqualizationGroup]:
+    """The groups of a graph that can be rescaled per channel without changing what it computes."""
+    graph = model.graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    group_of: dict[str, str] = {}
+
+    def root(t: str) -> str:
+        while group_of.setdefault(t, t) != t:
+            t = group_of[t]
+        return t
+
+    def join(a: str, b: str) -> None:
+        group_of[root(a)] = root(b)
+
+    for node in graph.node:  # graph order: a node's inputs are placed before it
+        if node.op_type == "Conv" and onnx_attr(node, "group", 1) == 1:
+            root(node.output[0])
+        elif node.op_type in EQUALIZE_THROUGH and node.input[0] in group_of:
+            join(node.output[0], node.input[0])
+        elif node.op_type == "Add" and len(node.input) == 2 and all(i in group_of for i in node.input):
+            join(node.input[0], node.output[0])
+            join(node.input[1], node.output[0])
+    members: dict[str, list] = {}
+    for t in group_of:
+        members.setdefault(root(t), []).append(t)
+    graph_outputs = {o.name for o in graph.output}
+    groups = []
+    for tensors in members.values():
+        group, usable = EqualizationGroup(sorted(tensors), [], [], []), True
+        for t in tensors:
+            if made_by[t].op_type == "Conv":
+                group.producers.append(made_by[t])
+            for node in readers.get(t, []):
+                if node.op_type in (*EQUALIZE_THROUGH, "Add") and node.output[0] in tensors:
+                    continue
+                if node.op_type == "Conv" and node.input[0] == t and onnx_attr(node, "group", 1) == 1:
+                    group.readers.append(node)
+                elif _global_pool(node):
+                    group.pools.append(node)
+                else:
+                    usable = False  # read by something a per-channel scale would change
+            usable = usable and t not in graph_outputs
+        if usable and group.producers and all(initializer_of(model, n.input[1]) is not None
+                                               for n in group.producers + group.readers):
+            groups.append(group)
+    return groups
+
+
+def onnx_attr(node, name: str, default=None):
+    """A node attribute's value, or default."""
+    import onnx
+
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _global_pool(node) -> bool:
+    """A mean over the spatial axes that keeps them (then a [1, C, 1, 1] scale undoes an equalization after it)."""
+    if node.op_type == "GlobalAveragePool":
+        return True
+    return node.op_type == "ReduceMean" and onnx_attr(node, "keepdims", 1) == 1 and len(node.input) == 2
+
+
+def initializer_of(model, name: str):
+    """The initializer of that name, or None."""
+    return next((i for i in model.graph.initializer if i.name == name), None)
+
+
+def _scale_initializer(model, name: str, factor: np.ndarray) -> None:
+    from onnx import numpy_helper
+
+    init = initializer_of(model, name)
+    array = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array((array * factor).astype(array.dtype), name))
+
+
+def equalize(model, pixels: np.ndarray, power: float = EQUALIZE_POWER, batch_size: int = 16) -> int:
+    """Rescale the channels of every equalization group of an fp32 graph in place (its function is unchanged):
+    channel c of range r_c is multiplied by (R / r_c) ** power, R the widest -> how many groups were equalized."""
+    import onnx
+    from onnx import numpy_helper
+
+    groups = equalization_groups(model)
+    if not groups:
+        return 0
+    absmax, _ = channel_statistics(model, [t for g in groups for t in g.tensors], pixels, batch_size)
+    added = []
+    for index, group in enumerate(groups):
+        ranges = np.max([absmax[t] for t in group.tensors], axis=0)
+        widest = float(ranges.max())
+        if widest <= 0:
+            continue
+        scale = (widest / np.maximum(ranges, widest * 1e-3)) ** power
+        for conv in group.producers:
+            _scale_initializer(model, conv.input[1], scale.reshape(-1, 1, 1, 1))
+            if len(conv.input) > 2 and conv.input[2]:
+                _scale_initializer(model, conv.input[2], scale)
+        for conv in group.readers:
+            _scale_initializer(model, conv.input[1], 1 / scale.reshape(1, -1, 1, 1))
+        for pool in group.pools:
+            name, inverse = pool.output[0], f"equalize_{index}_inverse"
+            pool.output[0] = f"{name}_equalized"
+            model.graph.initializer.append(
+                numpy_helper.from_array((1 / scale).astype(np.float32).reshape(1, -1, 1, 1), inverse))
+            added.append(onnx.helper.make_node("Mul", [pool.output[0], inverse], [name], name=f"equalize_{index}_mul"))
+    # each undoing Mul goes right after its pool, keeping the graph in topological order
+    nodes = []
+    for node in model.graph.node:
+        nodes.append(node)
+        nodes.extend(m for m in added if m.input[0] in node.output)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return len(groups)
+
+
+def dequantized_weights(model) -> dict[str, np.ndarray]:
+    """The weights of a QDQ graph as its int8 values mean them (DequantizeLinear applied), by fp32 weight name."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    weights = {}
+    for node in model.graph.node:
+        quantized = node.input[0] if node.op_type == "DequantizeLinear" else ""
+        if not quantized.endswith("_quantized") or quantized not in inits or node.input[1] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[quantized]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        zero = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
+                if len(node.input) > 2 and node.input[2] in inits else np.zeros_like(scale))
+        shape = [1] * q.ndim
+        if scale.ndim:
+            shape[onnx_attr(node, "axis", 1) % q.ndim] = -1
+        weights[quantized.removesuffix("_quantized")] = (q - zero.reshape(shape)) * scale.reshape(shape)
+    return weights
+
+
 class Quantizer:
     """One fp32 graph, prepared once and calibrated once per method, then quantized as often as the search asks."""
 
     def __init__(self, fp32_path: str | Path, workdir: str | Path, pixels: np.ndarray, config: ModelConfig,
-                 batch_size: int = 16, reduce_range: bool | None = None):
+                 batch_size: int = 16, reduce_range: bool | None = None, *,
+                 equalize_power: float | None = EQUALIZE_POWER, bias_correction: bool = True):
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -152,6 +337,14 @@ class Quantizer:
         # Folds and infers shapes first, as onnxruntime recommends, so more nodes get quantized cleanly.
         with contextlib.redirect_stdout(sys.stderr):
             quant_pre_process(str(self.fp32_path), str(self.prepared), skip_symbolic_shape=True)
+        self.equalized = 0
+        if equalize_power:
+            prepared = onnx.load(str(self.prepared))
+            self.equalized = equalize(prepared, pixels, equalize_power, batch_size)
+            onnx.save(prepared, str(self.prepared))
+        self.equalize_power = equalize_power if self.equalized else None
+        self.bias_correction = bias_correction
+        self._corrections: dict[str, np.ndarray] | None = None
         self.model = onnx.load(str(self.fp32_path))  # the prepared file loses the exporter's node metadata
         prepared_names = {n.name for n in onnx.load(str(self.prepared)).graph.node}
         self.always_fp32 = [n for n in outside_trunk(self.model) if n in prepared_names]
@@ -171,8 +364,9 @@ class Quantizer:
         from onnxruntime.quantization import CalibrationMethod
         from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
+        # onnxruntime's histogram calibrators print a line per batch: hundreds of lines that say nothing
         with tempfile.TemporaryDirectory(prefix="calibrate-", dir=self.workdir) as tmp, \
-                contextlib.redirect_stdout(sys.stderr):
+                open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             calibrator = create_calibrator(self.prepared, OP_TYPES, augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                            calibrate_method=CalibrationMethod[method],
                                            extra_options=CALIBRATOR_OPTIONS[method])
@@ -187,16 +381,66 @@ class Quantizer:
 
     def quantize(self, method: str, kept_nodes: list[str], out: str | Path) -> Path:
         """Write the int8 graph for a calibration method with the given nodes left in fp32."""
+        excluded = [*self.always_fp32, *kept_nodes]
+        source = self.prepared
+        if self.bias_correction:
+            source = self.workdir / "bias-corrected.onnx"
+            self.correct_biases(method, excluded, source)
+        return self._quantize(source, method, excluded, out)
+
+    def _quantize(self, source: Path, method: str, excluded: list[str], out: str | Path) -> Path:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         with contextlib.redirect_stdout(sys.stderr):
-            quantize_static(str(self.prepared), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(source), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=self.reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, op_types_to_quantize=OP_TYPES,
-                            nodes_to_exclude=[*self.always_fp32, *kept_nodes],
-                            calibrate_method=CalibrationMethod[method],
+                            nodes_to_exclude=excluded, calibrate_method=CalibrationMethod[method],
                             calibration_cache_path=str(self.calibrate(method)))
         return Path(out)
+
+    def corrections(self, method: str) -> dict[str, np.ndarray]:
+        """Conv node -> the mean its int8 weights add to each output channel on the calibration images (their
+        rounding error times the mean input). The weights are rounded as onnxruntime rounds them (read back from a
+        whole-trunk quantization; per-channel weight scales do not depend on the activation ranges)."""
+        if self._corrections is None:
+            import onnx
+            from onnx import numpy_helper
+
+            with tempfile.TemporaryDirectory(prefix="weights-", dir=self.workdir) as tmp:
+                quantized = self._quantize(self.prepared, method, self.always_fp32, Path(tmp) / "int8.onnx")
+                rounded = dequantized_weights(onnx.load(str(quantized)))
+            model = onnx.load(str(self.prepared))
+            convs = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in rounded
+                     and onnx_attr(n, "group", 1) == 1]
+            _, means = channel_statistics(model, sorted({n.input[0] for n in convs}), self.pixels, self.batch_size)
+            weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+            self._corrections = {}
+            for conv in convs:
+                error = rounded[conv.input[1]] - weights[conv.input[1]]
+                self._corrections[conv.name] = error.reshape(*error.shape[:2], -1).sum(axis=2) @ means[conv.input[0]]
+        return self._corrections
+
+    def correct_biases(self, method: str, excluded: list[str], out: Path) -> Path:
+        """The prepared graph with the bias of every convolution that will be quantized corrected (see corrections)."""
+        import onnx
+        from onnx import numpy_helper
+
+        corrections, skip = self.corrections(method), set(excluded)
+        model = onnx.load(str(self.prepared))
+        for conv in model.graph.node:
+            if conv.name not in corrections or conv.name in skip:
+                continue
+            shift = corrections[conv.name].astype(np.float32)
+            if len(conv.input) > 2 and conv.input[2]:
+                bias = initializer_of(model, conv.input[2])
+                bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) - shift, bias.name))
+            else:
+                name = f"{conv.name}_corrected_bias"
+                model.graph.initializer.append(numpy_helper.from_array(-shift, name))
+                conv.input.extend([""] * (2 - len(conv.input)) + [name])
+        onnx.save(model, str(out))
+        return out
 
 
 def embed_with(path: str | Path, config: ModelConfig, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -205,6 +449,16 @@ def embed_with(path: str | Path, config: ModelConfig, pixels: np.ndarray, batch_
 
     backend = OnnxBackend.from_file(path, config, device="cpu")
     return np.concatenate([backend(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)])
+
+
+def rewrites(quantizer) -> list[str]:
+    """What the quantizer did to the fp32 graph before quantizing, in words (for the file's metadata)."""
+    done = []
+    if getattr(quantizer, "equalize_power", None):
+        done.append(f"channel equalization (power {quantizer.equalize_power:g}, {quantizer.equalized} groups)")
+    if getattr(quantizer, "bias_correction", False):
+        done.append("bias correction of weight rounding")
+    return done
 
 
 def sweep_level(quantizer: Quantizer, level: str = "auto") -> str:
@@ -217,10 +471,13 @@ def sweep_level(quantizer: Quantizer, level: str = "auto") -> str:
 
 
 def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_METHODS, level: str = "auto",
-           max_kept: int | None = None, say: Callable[[str], None] = lambda _m: None) -> Int8Choice:
-    """Choose the calibration method by measurement, then keep in fp32, one unit at a time, the unit whose int8
-    hurts the neighbours most given those already kept (greedy forward selection), until the agreement clears the
-    bar with a margin or max_kept units (default: half of them) are kept."""
+           max_kept: int | None = None, gallery: int | None = None,
+           say: Callable[[str], None] = lambda _m: None) -> Int8Choice:
+    """Choose the calibration method by measurement (whole trunk in int8), then, starting from a trunk all in fp32,
+    quantize one unit at a time: each round tries every unit still in fp32 on top of those already quantized and
+    takes the one that keeps the neighbours best (greedy backward elimination), while the agreement still clears
+    the bar with a margin, and past that only while more than max_kept units (default: half) are left in fp32.
+    gallery: the size of the set the result will be measured on (recall within subsets of that size, see agreement)."""
     unknown = [m for m in methods if m not in CALIBRATION_METHODS]
     if unknown or not methods:
         raise ExportError(f"unknown calibration method {', '.join(unknown) or '(none)'}; choose from "
@@ -234,33 +491,35 @@ def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_M
         t0 = time.perf_counter()
         out = quantizer.workdir / "trial.onnx"
         quantizer.quantize(method, [n for u in kept for n in units[u]], out)
-        figures = agreement(embed_with(out, quantizer.config, quantizer.pixels), reference)
+        figures = agreement(embed_with(out, quantizer.config, quantizer.pixels), reference, gallery=gallery)
         done = Trial(method, kept, figures["recall_at_10"], figures["mean_cosine"], time.perf_counter() - t0)
         trials.append(done)
         say(f"  {method:10} fp32 kept: {', '.join(kept) or '-':40} recall@10 {done.recall_at_10:.4f}  "
             f"mean cosine {done.mean_cosine:.5f}")
         return done
 
-    say(f"calibration methods on {len(quantizer.pixels)} images")
-    best = max((trial(m, ()) for m in methods), key=Trial.score)
-    method, step_best = best.method, best
+    say(f"calibration methods on {len(quantizer.pixels)} images"
+        + (f" (neighbours within sets of ~{gallery})" if gallery and gallery < len(quantizer.pixels) else ""))
+    whole = max((trial(m, ()) for m in methods), key=Trial.score)
+    method, kept = whole.method, ()
     sensitivity: dict[str, float] = {}
-    if not best.meets() and max_kept > 0:
-        say(f"sensitivity sweep ({level} level, {len(units)} units, {method} calibration)")
-    # Errors made early are carried through every later layer, so a unit's worth depends on what is already kept:
-    # each round measures every remaining unit on top of the kept ones.
-    while not step_best.meets() and len(step_best.kept_fp32) < max_kept:
-        kept = step_best.kept_fp32
-        round_ = [trial(method, (*kept, u)) for u in units if u not in kept]
-        if not sensitivity:
-            sensitivity = {t.kept_fp32[-1]: t.recall_at_10 - best.recall_at_10 for t in round_}
-        step_best = max(round_, key=Trial.score)
-        if step_best.score() <= best.score():
-            break  # no unit helps any more: keeping more in fp32 would only cost speed
-        best = step_best
-    kept_units = list(best.kept_fp32)
+    if not whole.meets() and max_kept > 0:
+        say(f"sensitivity sweep ({level} level, {len(units)} units, {method} calibration), from all fp32")
+        # Measured near the bar, where the choice matters: with most of the trunk int8, the error of the rest
+        # drowns the difference one unit makes (a whole-trunk start keeps the wrong units).
+        kept = tuple(units)
+        while kept:
+            rests = [tuple(u for u in kept if u != q) for q in kept]
+            round_ = [whole if not rest else trial(method, rest) for rest in rests]
+            if not sensitivity:  # each unit quantized alone, the rest in fp32
+                sensitivity = {q: 1.0 - t.recall_at_10 for q, t in zip(kept, round_)}
+            step = max(round_, key=Trial.score)
+            if not (step.meets() or len(kept) > max_kept):
+                break  # quantizing any more would lose the bar
+            kept = step.kept_fp32
+    kept_units = list(kept)
     return Int8Choice(method, kept_units, [n for u in kept_units for n in units[u]], level, quantizer.reduce_range,
-                      trials, sensitivity)
+                      trials, sensitivity, rewrites(quantizer))
 
 
 def write_int8(quantizer: Quantizer, choice: Int8Choice, out: str | Path, calibration_images: int) -> Path:
@@ -272,7 +531,8 @@ def write_int8(quantizer: Quantizer, choice: Int8Choice, out: str | Path, calibr
         model = onnx.load(str(quantized))
     meta = read_metadata(quantizer.fp32_path)
     meta.update({"quantization": "int8 static QDQ, uint8 activations, per-channel int8 weights"
-                                 + (", 7-bit weights (reduce_range)" if choice.reduce_range else ""),
+                                 + (", 7-bit weights (reduce_range)" if choice.reduce_range else "")
+                                 + "".join(f", {r}" for r in choice.rewrites),
                  "calibration_images": str(calibration_images), "calibration_method": choice.method,
                  "kept_fp32": ",".join(choice.kept_units)})
     onnx.helper.set_model_props(model, meta)
@@ -294,9 +554,9 @@ def folder_pixels(folder: str | Path, config: ModelConfig, max_images: int, min_
         with contextlib.suppress(ImageError):
             rows.append(load_pixels(path, config.preprocess))
     if len(rows) < min_images:
-        raise ExportError(f"calibration folder {folder} has {len(rows)} readable images; int8 needs at least "
-                          f"{min_images} real images like those you will embed (a quarter is held apart to "
-                          "measure parity)")
+        need = (f"int8 needs at least {min_images} real images like those you will embed (a quarter is held apart "
+                "to measure parity)" if min_images > 1 else "pass a folder of real images")
+        raise ExportError(f"calibration folder {folder} has {len(rows)} readable images; {need}")
     return np.stack(rows)
 
 
@@ -308,10 +568,12 @@ def hold_apart(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: str | Path | np.ndarray,
                   config: ModelConfig, *, method: str = "MinMax", max_images: int = 128,
-                  batch_size: int = 16) -> Path:
-    """Plain static int8 (one calibration method, no search): every trunk node quantized."""
+                  batch_size: int = 16, rewrite: bool = False) -> Path:
+    """Plain static int8 (one calibration method, no search): every trunk node quantized; with rewrite, after the
+    equalization and bias correction the export does."""
     pixels = calibration if isinstance(calibration, np.ndarray) else folder_pixels(calibration, config, max_images)
     with tempfile.TemporaryDirectory(prefix="btembed-int8-") as tmp:
-        quantizer = Quantizer(fp32_path, tmp, pixels, config, batch_size)
-        choice = Int8Choice(method, [], [], "none", quantizer.reduce_range)
+        quantizer = Quantizer(fp32_path, tmp, pixels, config, batch_size,
+                              equalize_power=EQUALIZE_POWER if rewrite else None, bias_correction=rewrite)
+        choice = Int8Choice(method, [], [], "none", quantizer.reduce_range, rewrites=rewrites(quantizer))
         return write_int8(quantizer, choice, out, len(pixels))

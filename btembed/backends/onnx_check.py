@@ -78,7 +78,7 @@ def export_int8(fp32: Path, out: Path, pixels: np.ndarray, config: ModelConfig, 
     calibrate, held = hold_apart(len(pixels))
     quantizer = Quantizer(fp32, workdir, pixels[calibrate], config)
     choice = search(quantizer, embed_with(fp32, config, pixels[calibrate]), methods=methods, level=sweep,
-                    max_kept=max_kept, say=say)
+                    max_kept=max_kept, gallery=len(held), say=say)
     write_int8(quantizer, choice, out, len(calibrate))
     figures = agreement(embed_with(out, config, pixels[held]), embed_with(fp32, config, pixels[held]))
     record = new_record(out, figures, calibration_images=int(len(calibrate)), calibration_method=choice.method,

@@ -42,11 +42,16 @@ def recall_at_k(got: np.ndarray, reference: np.ndarray, k: int = NEIGHBOURS) -> 
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(ours, theirs)]))
 
 
-def agreement(got: np.ndarray, reference: np.ndarray, k: int = NEIGHBOURS) -> dict:
-    """How well int8 vectors keep their fp32 neighbours and directions: recall@k, mean and min cosine."""
+def agreement(got: np.ndarray, reference: np.ndarray, k: int = NEIGHBOURS, gallery: int | None = None) -> dict:
+    """How well int8 vectors keep their fp32 neighbours and directions: recall@k, mean and min cosine. With gallery,
+    neighbours are taken within interleaved subsets of about that many images (recall@k falls as a set grows, so a
+    set is compared with another of its size); without, within the whole set."""
     cos = np.sum(got * reference, axis=1) / np.maximum(
         np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1), 1e-12)
-    return {"images": int(len(got)), f"recall_at_{k}": recall_at_k(got, reference, k),
+    parts = max(1, round(len(got) / gallery)) if gallery else 1
+    recall = sum(recall_at_k(got[i::parts], reference[i::parts], k) * len(got[i::parts])
+                 for i in range(parts)) / len(got)
+    return {"images": int(len(got)), f"recall_at_{k}": float(recall),
             "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
 
 

@@ -131,6 +131,9 @@ def _run_ranked(args, out: Path, paths: list, failures: list) -> int:
     group = RankGroup.join(args.device)
     try:
         args.device = group.device
+        args.precision = shared_precision(group, args)
+        if args.precision is None:  # rank 0 could not load the model, and says why
+            return 1
         mine = [p for p in paths if shard_of(str(p), group.world) == group.rank]
         part = out.with_name(f"{out.stem}.rank{group.rank}.npy")
         try:  # failures of the walk (the same on every rank) are reported once, by rank 0
@@ -160,3 +163,26 @@ def _run_ranked(args, out: Path, paths: list, failures: list) -> int:
         return 0
     finally:
         group.leave()
+
+
+def shared_precision(group, args) -> str | None:
+    """Rank 0's precision for every rank (None on the others when rank 0 could not load the model): under 'auto'
+    each rank could judge alone (another onnxruntime, CPU or cache on another node) and one output would mix int8
+    and fp32 vectors."""
+    if args.precision != "auto":
+        return args.precision
+    message = None
+    if group.is_main:
+        from ..backends.precision import choose_precision
+        from ..modelfolder import ModelFolder
+
+        try:
+            folder = ModelFolder.resolve(args.model, revision=args.revision)
+            message = {"precision": choose_precision(folder.path, "auto", device=args.device,
+                                                     backend=args.backend).precision}
+        except BtembedError as e:
+            message = {"error": str(e)}
+    message = group.broadcast(message)
+    if "error" in message and group.is_main:
+        raise BtembedError(message["error"])
+    return message.get("precision")
