@@ -38,7 +38,8 @@ class DebCache:
     """Fetches packages with apt-get into a cache directory and unpacks them with dpkg -x."""
 
     def __init__(self, cache: Path):
-        self.cache = cache
+        # absolute: the tools run inside the cache, where a relative path given to them would point elsewhere
+        self.cache = Path(cache).resolve()
         self.cache.mkdir(parents=True, exist_ok=True)
         self._done: dict[str, Package] = {}
 
