@@ -236,6 +236,44 @@ def test_search_picks_a_method_then_keeps_the_most_damaging_unit(tmp_path, monke
         search(fake, reference, methods=("Best",))
 
 
+def test_search_holds_the_worst_kind_of_image_not_only_the_mix(tmp_path, monkeypatch):
+    reference = unit_rows(240, dim=16)
+    kinds = np.array(["clipart", "photos"] * 120)
+    fake = FakeQuantizer(tmp_path, reference)
+    noise = unit_rows(240, dim=16, seed=9) * (kinds == "clipart")[:, None]  # int8 hurts only the clip art
+
+    def fake_embed(path, config, pixels):
+        level = sum(v for u, v in fake.units_noise.items() if f"node_{u}" not in fake.kept)
+        x = reference + level * noise
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    monkeypatch.setattr(int8_module, "embed_with", fake_embed)
+    said: list = []
+    choice = search(fake, reference, methods=("MinMax",), level="block", max_kept=0, kinds=kinds, gallery=120,
+                    say=said.append)
+    whole = choice.trials[0]
+    clipart = agreement(fake_embed(None, None, None)[kinds == "clipart"], reference[kinds == "clipart"], gallery=120)
+    mixed = agreement(fake_embed(None, None, None), reference, gallery=120)
+    assert whole.worst == "clipart" and whole.recall_at_10 == pytest.approx(clipart["recall_at_10"])
+    assert whole.recall_at_10 < mixed["recall_at_10"]
+    assert "worst of the mixed set and 2 kinds (clipart, photos)" in said[0] and "(clipart)" in said[1]
+    assert choice.to_dict()["trials"][0]["worst_kind"] == "clipart"
+    # a kind with fewer than MIN_KIND_IMAGES images is not judged on its own
+    few = np.array(["clipart"] * 20 + ["photos"] * 220)
+    assert search(fake, reference, methods=("MinMax",), level="block", max_kept=0, kinds=few).trials[0].worst in ("", "photos")
+
+
+def test_the_calibration_sample_knows_each_images_subfolder(int8_folder, tmp_path):
+    from btembed.backends.int8 import folder_sample
+
+    image_folder(tmp_path / "cal" / "textures", 3)
+    image_folder(tmp_path / "cal" / "clipart" / "deeper", 2)
+    (tmp_path / "cal" / "top.png").write_bytes((tmp_path / "cal" / "textures" / "000.png").read_bytes())
+    pixels, kinds = folder_sample(tmp_path / "cal", ModelConfig.load(int8_folder), 100)
+    assert len(pixels) == len(kinds) == 6
+    assert sorted(kinds.tolist()) == ["", "clipart", "clipart", "textures", "textures", "textures"]
+
+
 def image_folder(folder: Path, n: int) -> Path:
     """n small distinct PNGs: crops of scikit-image's photos."""
     folder.mkdir(parents=True, exist_ok=True)

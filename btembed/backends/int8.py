@@ -39,6 +39,9 @@ CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 # Parity needs enough images for neighbours to mean something: at least 200, one in four held apart.
 MIN_IMAGES = 200
 HOLD_APART = 4
+# A subfolder with at least this many calibration images is one kind of image whose agreement the search checks on
+# its own (its neighbours are closer than in the mixed set: clip art among clip art, textures among textures).
+MIN_KIND_IMAGES = 100
 # Only the trunk's float ops; input normalization and the L2 norm stay exact in fp32.
 OP_TYPES = ["Conv", "Add", "MaxPool", "Relu", "Gemm", "MatMul"]
 # Granularities of the sensitivity sweep, coarse to fine (a ResNet-50 has 5 stages, 17 blocks, 53 convolutions).
@@ -65,9 +68,10 @@ class Trial:
 
     method: str
     kept_fp32: tuple  # sweep units left in fp32
-    recall_at_10: float
+    recall_at_10: float  # the worst of the mixed set and each kind of image
     mean_cosine: float
     seconds: float
+    worst: str = ""  # the kind of image that recall_at_10 is from ("" = the mixed set)
 
     def score(self) -> tuple:
         return self.recall_at_10, self.mean_cosine
@@ -96,6 +100,7 @@ class Int8Choice:
                 "sensitivity": {k: round(v, 4) for k, v in self.sensitivity.items()},
                 "trials": [{"method": t.method, "kept_fp32": list(t.kept_fp32),
                             "recall_at_10": round(t.recall_at_10, 4), "mean_cosine": round(t.mean_cosine, 5),
+                            **({"worst_kind": t.worst} if t.worst else {}),
                             "seconds": round(t.seconds, 1)} for t in self.trials]}
 
 
@@ -471,13 +476,15 @@ def sweep_level(quantizer: Quantizer, level: str = "auto") -> str:
 
 
 def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_METHODS, level: str = "auto",
-           max_kept: int | None = None, gallery: int | None = None,
+           max_kept: int | None = None, gallery: int | None = None, kinds: np.ndarray | None = None,
            say: Callable[[str], None] = lambda _m: None) -> Int8Choice:
     """Choose the calibration method by measurement (whole trunk in int8), then, starting from a trunk all in fp32,
     quantize one unit at a time: each round tries every unit still in fp32 on top of those already quantized and
     takes the one that keeps the neighbours best (greedy backward elimination), while the agreement still clears
     the bar with a margin, and past that only while more than max_kept units (default: half) are left in fp32.
-    gallery: the size of the set the result will be measured on (recall within subsets of that size, see agreement)."""
+    gallery: the size of the set the result will be measured on (recall within subsets of that size, see agreement).
+    kinds: each image's kind (its subfolder); the search holds the worst of the mixed set and of every kind with
+    MIN_KIND_IMAGES images or more, so that a folder of one kind keeps its neighbours too."""
     unknown = [m for m in methods if m not in CALIBRATION_METHODS]
     if unknown or not methods:
         raise ExportError(f"unknown calibration method {', '.join(unknown) or '(none)'}; choose from "
@@ -491,15 +498,26 @@ def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_M
         t0 = time.perf_counter()
         out = quantizer.workdir / "trial.onnx"
         quantizer.quantize(method, [n for u in kept for n in units[u]], out)
-        figures = agreement(embed_with(out, quantizer.config, quantizer.pixels), reference, gallery=gallery)
-        done = Trial(method, kept, figures["recall_at_10"], figures["mean_cosine"], time.perf_counter() - t0)
+        got = embed_with(out, quantizer.config, quantizer.pixels)
+        figures = agreement(got, reference, gallery=gallery)
+        recall, worst = figures["recall_at_10"], ""
+        for kind in groups:
+            rows = kinds == kind
+            kind_recall = agreement(got[rows], reference[rows], gallery=gallery)["recall_at_10"]
+            if kind_recall < recall:
+                recall, worst = kind_recall, kind
+        done = Trial(method, kept, recall, figures["mean_cosine"], time.perf_counter() - t0, worst)
         trials.append(done)
-        say(f"  {method:10} fp32 kept: {', '.join(kept) or '-':40} recall@10 {done.recall_at_10:.4f}  "
-            f"mean cosine {done.mean_cosine:.5f}")
+        say(f"  {method:10} fp32 kept: {', '.join(kept) or '-':40} recall@10 {done.recall_at_10:.4f}"
+            + (f" ({worst})" if worst else (" (mixed)" if groups else "")) + f"  mean cosine {done.mean_cosine:.5f}")
         return done
 
+    names, counts = np.unique(kinds, return_counts=True) if kinds is not None else ([], [])
+    groups = [str(n) for n, c in zip(names, counts) if c >= MIN_KIND_IMAGES and c < len(quantizer.pixels)]
     say(f"calibration methods on {len(quantizer.pixels)} images"
-        + (f" (neighbours within sets of ~{gallery})" if gallery and gallery < len(quantizer.pixels) else ""))
+        + (f" (neighbours within sets of ~{gallery})" if gallery and gallery < len(quantizer.pixels) else "")
+        + (f"; recall@10 is the worst of the mixed set and {len(groups)} kinds ({', '.join(groups)})"
+           if groups else ""))
     whole = max((trial(m, ()) for m in methods), key=Trial.score)
     method, kept = whole.method, ()
     sensitivity: dict[str, float] = {}
@@ -542,6 +560,12 @@ def write_int8(quantizer: Quantizer, choice: Int8Choice, out: str | Path, calibr
 
 def folder_pixels(folder: str | Path, config: ModelConfig, max_images: int, min_images: int = 1) -> np.ndarray:
     """Up to max_images images of a folder, spread over all of it, through btembed's preprocessing -> uint8 NHWC."""
+    return folder_sample(folder, config, max_images, min_images)[0]
+
+
+def folder_sample(folder: str | Path, config: ModelConfig, max_images: int,
+                  min_images: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """folder_pixels, and each image's kind: the subfolder of the folder it is in ('' for files at the top)."""
     try:
         paths = list(find_images(folder))
     except ImageError as e:
@@ -549,15 +573,17 @@ def folder_pixels(folder: str | Path, config: ModelConfig, max_images: int, min_
     if len(paths) > max_images:
         # Spread the picks over the whole folder, not just its first subfolder.
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, max_images).round().astype(int)]
-    rows = []
+    rows, kinds = [], []
     for path in paths:
         with contextlib.suppress(ImageError):
             rows.append(load_pixels(path, config.preprocess))
+            parts = Path(path).relative_to(folder).parts
+            kinds.append(parts[0] if len(parts) > 1 else "")
     if len(rows) < min_images:
         need = (f"int8 needs at least {min_images} real images like those you will embed (a quarter is held apart "
                 "to measure parity)" if min_images > 1 else "pass a folder of real images")
         raise ExportError(f"calibration folder {folder} has {len(rows)} readable images; {need}")
-    return np.stack(rows)
+    return np.stack(rows), np.array(kinds)
 
 
 def hold_apart(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..modelfiles import sha256_file
-from .int8 import (CALIBRATION_METHODS, MIN_IMAGES, Quantizer, embed_with, folder_pixels, hold_apart, search,
-                   write_int8)
+from .int8 import (CALIBRATION_METHODS, MIN_IMAGES, Quantizer, embed_with, folder_pixels, folder_sample, hold_apart,
+                   search, write_int8)
 from .onnx import OnnxBackend
 from .onnx_export import (DEFAULT_OPSET, INPUT_NAME, OUTPUT_EMBEDDING, OUTPUT_FEATURES, ExportError,
                           check_output_path, export_onnx, load_encoder)
@@ -61,24 +61,25 @@ def export(model, out: str | Path, *, int8: bool = False, calibration: str | Pat
         export_onnx(encoder, out, config=config, opset=opset)
         report["parity_vs_torch"] = parity(out, encoder, check_pixels, config=config)
     else:
-        pixels = folder_pixels(calibration, config, max_images, MIN_IMAGES)
+        pixels, kinds = folder_sample(calibration, config, max_images, MIN_IMAGES)
         with tempfile.TemporaryDirectory(prefix="btembed-export-") as tmp:
             fp32 = export_onnx(encoder, Path(tmp) / "fp32.onnx", config=config, opset=opset)
             report.update(export_int8(fp32, out, pixels, config, Path(tmp), methods=methods, sweep=sweep,
-                                      max_kept=max_kept, say=say))
+                                      max_kept=max_kept, kinds=kinds, say=say))
     report["sha256"], report["bytes"] = sha256_file(out), out.stat().st_size
     return report
 
 
 def export_int8(fp32: Path, out: Path, pixels: np.ndarray, config: ModelConfig, workdir: Path, *,
-                methods=CALIBRATION_METHODS, sweep: str = "auto", max_kept: int | None = None, say=None) -> dict:
-    """Quantize with the search of int8.py on 3/4 of the images, measure parity on the quarter held apart, and
-    record it for the written file -> the int8 part of the report."""
+                methods=CALIBRATION_METHODS, sweep: str = "auto", max_kept: int | None = None,
+                kinds: np.ndarray | None = None, say=None) -> dict:
+    """Quantize with the search of int8.py on 3/4 of the images (kinds: each image's subfolder), measure parity on
+    the quarter held apart, and record it for the written file -> the int8 part of the report."""
     say = say or (lambda _m: None)
     calibrate, held = hold_apart(len(pixels))
     quantizer = Quantizer(fp32, workdir, pixels[calibrate], config)
     choice = search(quantizer, embed_with(fp32, config, pixels[calibrate]), methods=methods, level=sweep,
-                    max_kept=max_kept, gallery=len(held), say=say)
+                    max_kept=max_kept, gallery=len(held), kinds=None if kinds is None else kinds[calibrate], say=say)
     write_int8(quantizer, choice, out, len(calibrate))
     figures = agreement(embed_with(out, config, pixels[held]), embed_with(fp32, config, pixels[held]))
     record = new_record(out, figures, calibration_images=int(len(calibrate)), calibration_method=choice.method,
