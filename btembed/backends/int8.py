@@ -481,7 +481,8 @@ def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_M
     """Choose the calibration method by measurement (whole trunk in int8), then, starting from a trunk all in fp32,
     quantize one unit at a time: each round tries every unit still in fp32 on top of those already quantized and
     takes the one that keeps the neighbours best (greedy backward elimination), while the agreement still clears
-    the bar with a margin, and past that only while more than max_kept units (default: half) are left in fp32.
+    the bar with a margin, and past that only while more than max_kept units are left in fp32 (default: no cap,
+    parity first).
     gallery: the size of the set the result will be measured on (recall within subsets of that size, see agreement).
     kinds: each image's kind (its subfolder); the search holds the worst of the mixed set and of every kind with
     MIN_KIND_IMAGES images or more, so that a folder of one kind keeps its neighbours too."""
@@ -491,7 +492,7 @@ def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_M
                           f"{', '.join(CALIBRATION_METHODS)}")
     level = sweep_level(quantizer, level)
     units = quantizer.units(level)
-    max_kept = len(units) // 2 if max_kept is None else max_kept
+    max_kept = len(units) if max_kept is None else max_kept
     trials: list[Trial] = []
 
     def trial(method: str, kept: tuple) -> Trial:
@@ -535,6 +536,9 @@ def search(quantizer: Quantizer, reference: np.ndarray, *, methods=CALIBRATION_M
             if not (step.meets() or len(kept) > max_kept):
                 break  # quantizing any more would lose the bar
             kept = step.kept_fp32
+    if units and len(kept) == len(units):
+        say("no part of the trunk stays within the bar in int8: the file is fp32 in all but name "
+            "(--max-fp32 N trades neighbours for speed)")
     kept_units = list(kept)
     return Int8Choice(method, kept_units, [n for u in kept_units for n in units[u]], level, quantizer.reduce_range,
                       trials, sensitivity, rewrites(quantizer))

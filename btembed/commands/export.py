@@ -24,7 +24,8 @@ def register(sub) -> None:
                    help="granularity of the sensitivity sweep that keeps the most damaging parts in fp32 (default "
                         "auto: the finest with at most 10 parts, i.e. blocks of a ResNet-18, stages of a ResNet-50)")
     p.add_argument("--max-fp32", type=int, default=None, metavar="N",
-                   help="keep at most N sweep parts in fp32 (default: half of them; 0 = no sweep)")
+                   help="keep at most N sweep parts in fp32, even where that loses the parity bar (default: as many as "
+                        "the bar needs; 0 = no sweep)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; 17 or newer)")
     p.add_argument("--revision", default=None, help="hub revision to pin")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
