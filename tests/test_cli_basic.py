@@ -35,6 +35,7 @@ def test_embed_folder_writes_vectors_and_sidecar(tiny_model_dir, photos_dir, tmp
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
     sidecar = json.loads((tmp_path / "vecs.json").read_text())
     assert sidecar["paths"] == summary["paths"] and len(sidecar["paths"]) == 6
+    assert sidecar["precision"] == summary["precision"] == "fp32"  # which vectors these are (no int8 file here)
     assert sidecar["failures"] == [{"path": str(bad), "error": "empty file (0 bytes)"}]
     assert "zero.jpg" in out.stderr
 

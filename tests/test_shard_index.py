@@ -154,6 +154,7 @@ def test_embed_under_torchrun_writes_a_file_per_rank_and_a_manifest(tmp_path, ph
     assert p.stderr.count("pipe.jpg") == 1 and p.stderr.count("broken.jpg") == 1, p.stderr
     manifest = json.loads((tmp_path / "ranked" / "v.json").read_text())
     assert (manifest["ranks"], manifest["embedded"], manifest["failed"]) == (2, 13, 2)
+    assert manifest["precision"] == "fp32"  # the tiny model has no int8 file: rank 0 chose fp32 for both
     ranked = {}
     for shard in manifest["shards"]:
         vectors = np.load(tmp_path / "ranked" / shard["vectors"])
