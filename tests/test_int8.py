@@ -338,6 +338,17 @@ def test_the_catalog_records_its_precision_and_never_mixes_two(int8_folder, tmp_
         assert catalog.model_stamp().precision == "int8" and catalog.meta()["precision"] == "int8"
     finally:
         catalog.close()
+    # `btembed probe` reuses an index's vectors only at the precision it embeds at: never a mix of two
+    from btembed.search import stored_vectors
+
+    config = ModelConfig.load(int8_folder)
+    paths = sorted(str(f) for f in photos.iterdir() if f.is_file())
+    stamp = {"weights_sha256": config.files["model.safetensors"], "dim": config.embedding_dim,
+             "model_id": config.name}
+    found, note = stored_vectors(photos, paths, **stamp, precision="fp32")
+    assert found == {} and "holds int8 vectors and this run embeds at fp32" in note
+    found, _ = stored_vectors(photos, paths, **stamp, precision="int8")
+    assert len(found) == len(paths) == 6
 
 
 def test_the_embedded_default_ships_its_int8_file_and_record():

@@ -140,13 +140,15 @@ def random_init_embedder(config, seed: int = 0, device: str = "auto", precision:
 
 
 def feature_identity(source) -> dict:
-    """What produced the features: kind, model id, dim and the weights' sha256 (when there are weights)."""
+    """What produced the features: kind, model id, dim, the weights' sha256 (when there are weights) and the
+    precision they are embedded at."""
     if isinstance(source, RawPixels):
         return {"kind": "raw32", "model": source.model_id, "dim": source.dim, "sha256": None}
     files = source.config.files or {}
     kind = "random-init" if source.model_id.startswith("random-init/") else "model"
     return {"kind": kind, "model": source.model_id, "dim": source.dim,
-            "sha256": files.get("model.safetensors"), "architecture": source.config.architecture}
+            "sha256": files.get("model.safetensors"), "architecture": source.config.architecture,
+            "precision": source.backend.precision}
 
 
 def catalog_vectors(root: Path, identity: dict, paths: list) -> tuple[dict, str]:
@@ -159,7 +161,7 @@ def catalog_vectors(root: Path, identity: dict, paths: list) -> tuple[dict, str]
     if identity.get("kind") != "model":
         return {}, ""
     return stored_vectors(root, paths, weights_sha256=identity.get("sha256") or "", dim=identity["dim"],
-                          model_id=identity["model"])
+                          model_id=identity["model"], precision=identity.get("precision"))
 
 
 def extract_features(source, paths: list, batch_size: int = 64, num_workers: int | None = None,

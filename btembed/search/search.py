@@ -209,9 +209,9 @@ def _unchanged_vectors(catalog: Catalog, items: list) -> dict[int, np.ndarray]:
 
 
 def stored_vectors(folder: str | os.PathLike, paths: list, *, weights_sha256: str, dim: int,
-                   model_id: str = "") -> tuple[dict[int, np.ndarray], str]:
+                   model_id: str = "", precision: str | None = None) -> tuple[dict[int, np.ndarray], str]:
     """{position: vector} for the files of paths that `btembed index folder` holds unchanged, embedded by the
-    model whose weights have this sha256.
+    model whose weights have this sha256 (at this precision, when one is given: never a mix of two).
 
     A file counts as unchanged when its size and mtime match its catalog row. Returns ({}, why) when the folder
     has no usable catalog (why is '' when it has none at all).
@@ -231,6 +231,9 @@ def stored_vectors(folder: str | os.PathLike, paths: list, *, weights_sha256: st
         recorded = catalog.model_stamp()
         if not model.model_sha256 or recorded is None or not recorded.same_model(model):
             return {}, f"index catalog {path} was built with another model; embedding afresh"
+        if precision is not None and recorded.precision != precision:
+            return {}, (f"index catalog {path} holds {recorded.precision} vectors and this run embeds at "
+                        f"{precision}; embedding afresh")
         items = [(Path(os.path.relpath(p, folder)).as_posix(), p) for p in paths]
         found = _unchanged_vectors(catalog, items)
         return found, f"reused {len(found)} vectors from the index catalog {path}"
