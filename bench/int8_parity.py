@@ -11,36 +11,30 @@ neighbours whose order a small error swaps), so each folder is also measured on 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from btembed.backends.int8 import embed_with
+from btembed.backends.int8 import embed_with, folder_pixels
 from btembed.backends.onnx import OnnxBackend
 from btembed.backends.onnx_export import export_onnx, read_metadata
 from btembed.backends.parity import PARITY_BAR, agreement, onnxruntime_version
 from btembed.config import ModelConfig
-from btembed.errors import ImageError
-from btembed.images import find_images
 from btembed.modelfiles import INT8_FILE, sha256_file
 from btembed.modelfolder import ModelFolder
-from btembed.preprocess import load_pixels
 from results_io import machine, write_result
 
 
-def folder_pixels(folder: Path, config: ModelConfig) -> np.ndarray:
+def every_image(folder: Path, config: ModelConfig) -> np.ndarray:
     """Every readable image of a folder through the model's preprocessing (unreadable ones skipped)."""
-    rows = []
-    for path in find_images(folder):
-        with contextlib.suppress(ImageError):
-            rows.append(load_pixels(path, config.preprocess))
-    if len(rows) < 11:
-        raise SystemExit(f"{folder}: {len(rows)} readable images; recall@10 needs at least 11")
-    return np.stack(rows)
+    pixels = folder_pixels(folder, config, max_images=sys.maxsize)
+    if len(pixels) < 11:
+        raise SystemExit(f"{folder}: {len(pixels)} readable images; recall@10 needs at least 11")
+    return pixels
 
 
 def subset_recall(got: np.ndarray, ref: np.ndarray, size: int, draws: int, seed: int = 0) -> float:
@@ -87,7 +81,7 @@ def main() -> None:
     results = {"model": config.name, "onnxruntime": onnxruntime_version(), "bar": PARITY_BAR, "files": []}
     with tempfile.TemporaryDirectory(prefix="int8-parity-") as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", config=config)
-        pixels = {folder: folder_pixels(folder, config) for folder in args.folders}
+        pixels = {folder: every_image(folder, config) for folder in args.folders}
         reference = {folder: embed_with(fp32, config, px) for folder, px in pixels.items()}
         for file in files:
             meta = read_metadata(file)

@@ -20,6 +20,10 @@ ARCHITECTURES = {
 }
 
 
+# ModelConfig's calibrated dedup thresholds: with the pixel check (`btembed dedup`'s default) and without it.
+DUPLICATE_THRESHOLD_KEYS = ("duplicate_threshold", "duplicate_threshold_embedding_only")
+
+
 @dataclass
 class ModelConfig:
     """Architecture, preprocessing, provenance and file hashes of one model folder."""

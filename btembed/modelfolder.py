@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ModelConfig
+from .config import DUPLICATE_THRESHOLD_KEYS, ModelConfig
 from .modelfiles import (CARD_FILE, CONFIG_FILE, INT8_FILE, MODEL_FILES, ONNX_FILE, WEIGHTS_FILE,  # noqa: F401
                          read_weights, shared_location, verify_file, write_folder)
 
@@ -39,13 +39,12 @@ class ModelFolder:
 
         path, name, origin = locate(name_or_path, revision=revision)
         config = ModelConfig.load(path)
-        thresholds = ("duplicate_threshold", "duplicate_threshold_embedding_only")
-        if origin != "folder" and any(getattr(config, k) is None for k in thresholds):
+        if origin != "folder" and any(getattr(config, k) is None for k in DUPLICATE_THRESHOLD_KEYS):
             # Calibrated after these files were made (a Hub upload, an earlier conversion): the registry carries it.
             from .sources import registry_entry
 
             entry = registry_entry(name) or {}
-            for key in thresholds:
+            for key in DUPLICATE_THRESHOLD_KEYS:
                 if getattr(config, key) is None:
                     setattr(config, key, entry.get(key))
         return cls(Path(path), config, name=name, revision=revision, origin=origin)

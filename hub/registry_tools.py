@@ -11,13 +11,12 @@ import os
 import re
 from pathlib import Path
 
-from btembed.config import ModelConfig
+from btembed.config import DUPLICATE_THRESHOLD_KEYS, ModelConfig
 from btembed.errors import BtembedError
 
 REGISTRY_PATH = Path(__file__).resolve().parent.parent / "btembed" / "registry.json"
 ENTRY_KEYS = ("repo_id", "released", "revision", "architecture", "embedding_dim", "license", "files", "metrics",
-              "embedded", "description", "source", "duplicate_threshold", "duplicate_threshold_embedding_only")
-THRESHOLD_KEYS = ("duplicate_threshold", "duplicate_threshold_embedding_only")  # with / without the pixel check
+              "embedded", "description", "source", *DUPLICATE_THRESHOLD_KEYS)
 SOURCE_KEYS = ("url", "sha256", "size", "format", "license", "reported")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -69,16 +68,16 @@ def entry_from_folder(folder: str | Path, repo_id: str, revision: str | None,
         "embedded": embedded,
         "description": description or (config.source or {}).get("description", "") or config.name,
         # absent when the folder records none: set_entry then keeps a value the registry already carries
-        **{k: getattr(config, k) for k in THRESHOLD_KEYS if getattr(config, k) is not None},
+        **{k: getattr(config, k) for k in DUPLICATE_THRESHOLD_KEYS if getattr(config, k) is not None},
     }
 
 
 def check_entry(name: str, entry: dict) -> list[str]:
     """Rule violations of one entry (empty when it is fine)."""
-    optional = ("embedded", "source", *THRESHOLD_KEYS)
+    optional = ("embedded", "source", *DUPLICATE_THRESHOLD_KEYS)
     problems = [f"{name}: missing key {k!r}" for k in ENTRY_KEYS if k not in entry and k not in optional]
     problems += check_source(name, entry)
-    for key in THRESHOLD_KEYS:
+    for key in DUPLICATE_THRESHOLD_KEYS:
         threshold = entry.get(key)
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
             problems.append(f"{name}: {key} {threshold!r} is not a cosine in (0, 1]")

@@ -114,7 +114,8 @@ def embed_to(out: Path, paths: list, failures: list, embedder, args) -> dict:
     # Names that are not UTF-8 (btembed.names): text in "paths", the raw bytes by row in "paths_bytes".
     undecodable = {str(i): path_fields(p)["path_bytes"] for i, p in enumerate(kept) if not is_text(raw(p))}
     summary = {"output": shown(out), "sidecar": shown(sidecar), "model": embedder.model_id, "dim": embedder.dim,
-               "precision": embedder.backend.precision, "embedded": len(kept), "failed": len(failures), "paths": [shown(p) for p in kept],
+               "precision": embedder.backend.precision, "embedded": len(kept), "failed": len(failures),
+               "paths": [shown(p) for p in kept],
                **({"paths_bytes": undecodable} if undecodable else {}),
                "failures": [{**f, **path_fields(f["path"])} for f in failures]}
     sidecar.write_text(json.dumps(summary, indent=2) + "\n")
@@ -154,7 +155,8 @@ def _run_ranked(args, out: Path, paths: list, failures: list) -> int:
         if not embedded:
             raise BtembedError(f"none of the {len(paths)} image file(s) could be embedded (causes above)")
         manifest = {"output": shown(out.with_suffix(".json")), "model": results[0]["model"], "dim": results[0]["dim"],
-                    "precision": results[0]["precision"], "ranks": group.world, "embedded": embedded, "failed": sum(r["failed"] for r in results),
+                    "precision": results[0]["precision"], "ranks": group.world, "embedded": embedded,
+                    "failed": sum(r["failed"] for r in results),
                     "shards": [{k: r[k] for k in ("vectors", "sidecar", "rows")} for r in results]}
         out.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
         say(f"embedded {embedded} images on {group.world} ranks ({manifest['dim']}-d, model {manifest['model']}) → "
